@@ -1,0 +1,212 @@
+"""The bundle: the one contract between `convert` (which writes it) and `runtime` (which reads it).
+
+A bundle is a directory::
+
+    model.onnx            the encoder graph (weights inline, or in model.onnx.data)
+    model.onnx.data       external weights, only for models past protobuf's 2 GB
+    tokenizer.json        HF `tokenizers` file that alone reproduces FullTokenizer ids
+    fastelectra.json      metadata: format version, dimensions, IO names, sha256 of every file
+    verification.json     the accuracy figures against the TensorFlow original
+
+This module imports nothing heavy: the runtime reads bundles without TensorFlow or onnx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = "fastelectra-bundle"
+FORMAT_VERSION = 1
+
+MODEL_FILE = "model.onnx"
+MODEL_DATA_FILE = "model.onnx.data"
+TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "fastelectra.json"
+VERIFICATION_FILE = "verification.json"
+TRT_CALIBRATION_FILE = "calibration.flatbuffers"
+
+INPUT_NAMES = ("input_word_ids", "input_mask", "segment_ids")
+OUTPUT_NAMES = ("pooled_output", "sequence_output")
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
+
+
+class BundleError(ValueError):
+    """A bundle is missing, truncated, foreign or of an unsupported format version."""
+
+
+@dataclass
+class Dimensions:
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    vocab_size: int
+    max_positions: int
+    type_vocab_size: int
+
+    @property
+    def params(self) -> int:
+        """Parameter count of a BERT encoder with these dimensions (pooler included)."""
+        h, i = self.hidden, self.intermediate
+        embeddings = (self.vocab_size + self.max_positions + self.type_vocab_size) * h + 2 * h
+        layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h
+        return embeddings + self.layers * layer + h * h + h
+
+
+@dataclass
+class BundleMeta:
+    """Everything in `fastelectra.json`."""
+
+    source: str
+    dimensions: Dimensions
+    precision: str = "fp32"
+    do_lower_case: bool = True
+    max_sequence_length: int = 512
+    inputs: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
+    outputs: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
+    input_dtype: str = "int32"
+    opset: int = 17
+    fused_ops: dict[str, int] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BundleMeta:
+        data = dict(data)
+        data["dimensions"] = Dimensions(**data["dimensions"])
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: BundleMeta
+    verification: dict[str, Any] | None
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER_FILE
+
+    @property
+    def calibration_table_path(self) -> Path | None:
+        p = self.path / TRT_CALIBRATION_FILE
+        return p if p.exists() else None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as e:
+        raise BundleError(f"{path.parent}: not a fastelectra bundle (no {path.name})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e}); the bundle is damaged") from e
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_bundle(path: str | os.PathLike[str], verify_hashes: bool = True) -> Bundle:
+    """Read and check a bundle: format, version, presence and sha256 of every listed file."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: no such bundle directory")
+    raw = read_json(root / META_FILE)
+    if raw.get("format") != FORMAT:
+        raise BundleError(
+            f"{root / META_FILE}: not a fastelectra bundle (format={raw.get('format')!r})"
+        )
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{root}: bundle format version {version} is not supported "
+            f"(this fastelectra reads version {FORMAT_VERSION}); rebuild the bundle"
+        )
+    try:
+        meta = BundleMeta.from_json(raw)
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"{root / META_FILE}: malformed metadata ({e})") from e
+    for required in (MODEL_FILE, TOKENIZER_FILE):
+        if required not in meta.files:
+            raise BundleError(f"{root}: metadata lists no {required}")
+    for name, expected in meta.files.items():
+        file = root / name
+        if not file.is_file():
+            raise BundleError(f"{root}: {name} is missing")
+        if verify_hashes and sha256_file(file) != expected:
+            raise BundleError(
+                f"{file}: sha256 mismatch (truncated, modified or foreign file); rebuild the bundle"
+            )
+    verification_path = root / VERIFICATION_FILE
+    verification = read_json(verification_path) if verification_path.exists() else None
+    return Bundle(root, meta, verification)
+
+
+def finalize_meta(staging: Path, meta: BundleMeta) -> None:
+    """Hash every file in `staging` into `meta.files` and write fastelectra.json there."""
+    meta.files = {
+        p.name: sha256_file(p)
+        for p in sorted(staging.iterdir())
+        if p.is_file() and p.name != META_FILE
+    }
+    write_json_atomic(staging / META_FILE, meta.to_json())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def staged_directory(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty directory beside `out`; on success it atomically becomes `out`.
+
+    On any exception the staging directory is removed and `out` is untouched, so a failed or
+    interrupted build never leaves a half-written bundle (nor damages an existing one).
+    """
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,1 @@
+"""Text corpora -> calibration feeds, static INT8 (QDQ) and TensorRT calibration tables."""

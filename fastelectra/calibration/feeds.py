@@ -1,0 +1,72 @@
+"""Calibration feeds: text tokenized exactly as serving traffic is, batch by batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from fastelectra.runtime.tokenizer import WordPieceTokenizer, pad_batch
+
+
+def default_calibration_texts() -> list[str]:
+    """The calibration set shipped with the package (search-like queries and passages)."""
+    data = resources.files("fastelectra") / "data" / "calibration.txt"
+    return [line for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_calibration_texts(path: str | Path | None) -> list[str]:
+    if path is None:
+        return default_calibration_texts()
+    from fastelectra.convert.verify import read_texts
+
+    # A pair line calibrates as its first text joined with the second, as a pair would run.
+    return [a if b is None else f"{a}\t{b}" for a, b in read_texts(path)]
+
+
+class TextCalibrationReader:
+    """An onnxruntime `CalibrationDataReader` over text: one right-padded batch per call.
+
+    Batches keep the file's order and lengths (padded only to their own longest), so the
+    ranges seen are those of real traffic rather than of one padded shape.
+    """
+
+    def __init__(
+        self,
+        tokenizer_path: Path,
+        texts: list[str],
+        batch_size: int = 8,
+        max_length: int = 512,
+    ):
+        if not texts:
+            raise ValueError("no calibration texts")
+        self.tokenizer = WordPieceTokenizer.from_file(tokenizer_path)
+        self.texts = texts
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._batches: Iterator[dict[str, np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        return -(-len(self.texts) // self.batch_size)
+
+    def _generate(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self.texts), self.batch_size):
+            chunk = self.texts[start : start + self.batch_size]
+            firsts = [t.split("\t", 1)[0] for t in chunk]
+            seconds = [t.split("\t", 1)[1] if "\t" in t else None for t in chunk]
+            encodings = []
+            for first, second in zip(firsts, seconds, strict=True):
+                pairs = None if second is None else [second]
+                encodings += self.tokenizer.encode([first], pairs=pairs, max_length=self.max_length)
+            ids, mask, segments = pad_batch(encodings)
+            yield {"input_word_ids": ids, "input_mask": mask, "segment_ids": segments}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._batches is None:
+            self._batches = self._generate()
+        return next(self._batches, None)
+
+    def rewind(self) -> None:
+        self._batches = None

@@ -1,0 +1,136 @@
+"""Fuse the exported graph into onnxruntime's transformer kernels, and prove it by counting.
+
+rewrite (small, weights not loaded) -> `optimize_model(model_type="bert_tf", opt_level=0)`
+(`opt_level=1` would import torch) -> Einsum output projection as MatMul -> bias folded into
+SkipLayerNormalization. A build whose fused-op counts fall short of one EmbedLayerNormalization,
+one Attention, two SkipLayerNormalization and one Gelu-family op per layer fails loudly
+instead of shipping a slow model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from fastelectra.bundle import Dimensions
+from fastelectra.convert.rewrite import einsum_output_projection_to_matmul, rewrite_for_fusion
+
+log = logging.getLogger(__name__)
+
+GELU_OPS = ("FastGelu", "BiasGelu", "Gelu")
+# protobuf refuses to serialise a single message past 2 GB; stay clear of it.
+INLINE_LIMIT_BYTES = 1_800_000_000
+
+
+class FusionError(RuntimeError):
+    """Fusion left the graph short of the expected fused-op counts."""
+
+
+@dataclass
+class FusionReport:
+    counts: dict[str, int]
+    expected: dict[str, int]
+    rewrites: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return all(self.counts.get(op, 0) == n for op, n in self.expected.items())
+
+
+def expected_counts(dims: Dimensions) -> dict[str, int]:
+    return {
+        "EmbedLayerNormalization": 1,
+        "Attention": dims.layers,
+        "SkipLayerNormalization": 2 * dims.layers,
+        "Gelu": dims.layers,  # FastGelu + BiasGelu + Gelu
+    }
+
+
+def fused_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        op = "Gelu" if node.op_type in GELU_OPS else node.op_type
+        if op in ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "Gelu"):
+            counts[op] = counts.get(op, 0) + 1
+        if node.op_type in GELU_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def fuse(src: Path, dst: Path, dims: Dimensions, allow_partial: bool = False) -> FusionReport:
+    """Fuse the ONNX model at `src` (external data beside it) and save it to `dst`."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.fusion_skiplayernorm import FusionBiasSkipLayerNormalization
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = onnx.load(str(src), load_external_data=False)
+    rewrites = rewrite_for_fusion(model, dims.hidden, dims.max_positions)
+    # Beside `src` so that the external-data references (relative paths) still resolve.
+    rewritten = src.with_name(src.stem + ".rewritten.onnx")
+    onnx.save(model, str(rewritten))
+    del model
+
+    options = FusionOptions("bert_tf")
+    # Shape inference serialises and re-parses the whole model, weights included (+2 copies of
+    # 1.3 GB on ELECTRA-large); the fusions this graph needs do not depend on it.
+    options.enable_shape_inference = False
+    with _quiet_onnxruntime_tools():
+        optimized = optimize_model(
+            str(rewritten),
+            model_type="bert_tf",
+            num_heads=dims.heads,
+            hidden_size=dims.hidden,
+            optimization_options=options,
+            opt_level=0,
+        )
+        rewrites["einsum_to_matmul"] = einsum_output_projection_to_matmul(optimized)
+        FusionBiasSkipLayerNormalization(optimized).apply()
+        optimized.prune_graph(allow_remove_graph_inputs=False)
+    rewritten.unlink(missing_ok=True)
+
+    report = FusionReport(fused_counts(optimized.model), expected_counts(dims), rewrites)
+    if not report.complete and not allow_partial:
+        raise FusionError(
+            f"fusion incomplete: got {report.counts}, expected {report.expected}; "
+            "the model would run unfused (slow). Graph patterns changed? See rewrite.py"
+        )
+    save_model(optimized.model, dst)
+    return report
+
+
+def save_model(model: onnx.ModelProto, dst: Path) -> None:
+    """Save inline when it fits in one protobuf, else with `<name>.data` external weights."""
+    size = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if size < INLINE_LIMIT_BYTES:
+        onnx.save(model, str(dst))
+    else:
+        onnx.save(
+            model,
+            str(dst),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=dst.name + ".data",
+            size_threshold=1024,
+        )
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return int(next((e.value for e in t.external_data if e.key == "length"), 0))
+    return len(t.raw_data) or 4 * max(len(t.float_data), len(t.int32_data), len(t.int64_data))
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime_tools():
+    """onnxruntime.transformers prints pruning chatter to stdout; keep it for debugging only."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        yield
+    if sink.getvalue():
+        log.debug("onnxruntime.transformers: %s", sink.getvalue())

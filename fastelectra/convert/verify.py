@@ -1,0 +1,292 @@
+"""Check an exported model against the original TensorFlow module, on the same token ids.
+
+Both run on identical right-padded batches; figures are accumulated batch by batch so memory
+stays bounded (ELECTRA-large's sequence output for 240 texts of 512 tokens would be 0.5 GB).
+The sequence output is compared on unpadded positions only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastelectra.bundle import OUTPUT_NAMES
+
+# Gates per precision. "max_abs_diff" is an upper bound, cosines and Spearman lower bounds.
+_COSINE_INT8 = {"mean_cosine": 0.995, "min_cosine": 0.98}
+THRESHOLDS: dict[str, dict[str, Any]] = {
+    "fp32": {"pooled_output": {"max_abs_diff": 1e-4}, "sequence_output": {"max_abs_diff": 1e-4}},
+    "fp16": {"pooled_output": {"min_cosine": 0.9995}, "sequence_output": {"min_cosine": 0.9995}},
+    "int8-dynamic": {
+        "pooled_output": _COSINE_INT8,
+        "mean_pooled_sequence": _COSINE_INT8,
+        "spearman_vs_fp32": 0.99,
+    },
+}
+THRESHOLDS["int8-static"] = THRESHOLDS["int8-dynamic"]
+
+Text = tuple[str, str | None]  # a text, or a pair
+
+
+def default_texts() -> list[Text]:
+    """The built-in varied English set: singles, pairs and passages past 512 tokens."""
+    data = resources.files("fastelectra") / "data" / "verify_texts.txt"
+    return parse_texts(data.read_text(encoding="utf-8"), "built-in verify_texts.txt")
+
+
+def read_texts(path: str | Path) -> list[Text]:
+    """One text per line; a TAB separates the two texts of a pair."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read texts ({e.strerror})") from e
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not valid UTF-8 ({e.reason})") from e
+    return parse_texts(content, str(path))
+
+
+def parse_texts(content: str, where: str) -> list[Text]:
+    texts: list[Text] = []
+    for number, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) > 2:
+            raise ValueError(
+                f"{where}: line {number} has {len(parts) - 1} tabs (at most 1: a pair)"
+            )
+        texts.append((parts[0], parts[1] if len(parts) == 2 else None))
+    if not texts:
+        raise ValueError(f"{where}: no texts")
+    return texts
+
+
+@dataclass
+class _Stats:
+    """Running max |a-b| and per-row cosines of one output."""
+
+    max_abs_diff: float = 0.0
+    cosines: list[np.ndarray] = field(default_factory=list)
+
+    def update(self, ref: np.ndarray, got: np.ndarray) -> None:
+        ref = ref.astype(np.float64)
+        got = got.astype(np.float64)
+        self.max_abs_diff = max(self.max_abs_diff, float(np.max(np.abs(ref - got), initial=0.0)))
+        self.cosines.append(cosine_rows(ref, got))
+
+    def summary(self) -> dict[str, float]:
+        cos = np.concatenate(self.cosines) if self.cosines else np.zeros(0)
+        return {
+            "max_abs_diff": self.max_abs_diff,
+            "mean_cosine": float(cos.mean()) if cos.size else math.nan,
+            "min_cosine": float(cos.min()) if cos.size else math.nan,
+        }
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    num = np.sum(a * b, axis=-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    # Two all-zero rows are identical; cosine 1 rather than nan.
+    return np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a)).astype(np.float64)
+    rb = np.argsort(np.argsort(b)).astype(np.float64)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    return float(np.sum(ra * rb) / math.sqrt(np.sum(ra * ra) * np.sum(rb * rb)))
+
+
+def pairwise_similarities(embeddings: np.ndarray) -> np.ndarray:
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    sims = unit @ unit.T
+    return sims[np.triu_indices(len(unit), k=1)]
+
+
+class _Comparison:
+    """Figures of one candidate against one reference, accumulated over batches."""
+
+    def __init__(self) -> None:
+        self.pooled = _Stats()
+        self.sequence = _Stats()
+        self.mean_pooled = _Stats()
+        self.ref_means: list[np.ndarray] = []
+        self.got_means: list[np.ndarray] = []
+
+    def update(self, ref: tuple[np.ndarray, np.ndarray], got, lengths: np.ndarray) -> None:
+        self.pooled.update(ref[0], got[0])
+        valid = np.arange(ref[1].shape[1])[None, :] < lengths[:, None]
+        self.sequence.update(ref[1][valid], got[1][valid])
+        ref_mean, got_mean = masked_mean(ref[1], lengths), masked_mean(got[1], lengths)
+        self.mean_pooled.update(ref_mean, got_mean)
+        self.ref_means.append(ref_mean)
+        self.got_means.append(got_mean)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "pooled_output": self.pooled.summary(),
+            "sequence_output": self.sequence.summary(),
+            "mean_pooled_sequence": self.mean_pooled.summary(),
+        }
+        ref, got = np.concatenate(self.ref_means), np.concatenate(self.got_means)
+        if len(ref) > 2:
+            out["spearman"] = spearman(pairwise_similarities(ref), pairwise_similarities(got))
+        return out
+
+
+def masked_mean(sequence: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    valid = (np.arange(sequence.shape[1])[None, :] < lengths[:, None]).astype(sequence.dtype)
+    return (sequence * valid[..., None]).sum(1) / np.maximum(lengths[:, None], 1)
+
+
+Runner = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def tensorflow_runner(source: Any) -> Runner:
+    import tensorflow as tf
+
+    fn = source.inference_function()
+
+    def run(ids, mask, segments):
+        out = fn(tf.constant(ids), tf.constant(mask), tf.constant(segments))
+        return out["pooled_output"].numpy(), out["sequence_output"].numpy()
+
+    return run
+
+
+def onnx_runner(model_path: Path, threads: int | None = None) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+    def run(ids, mask, segments):
+        feed = {"input_word_ids": ids, "input_mask": mask, "segment_ids": segments}
+        pooled, sequence = session.run(list(OUTPUT_NAMES), feed)
+        return pooled, sequence
+
+    return run
+
+
+def batches(encodings: Sequence[Any], batch_size: int) -> Iterable[tuple[np.ndarray, ...]]:
+    """Length-sorted, right-padded batches: (ids, mask, segments, lengths)."""
+    from fastelectra.runtime.tokenizer import pad_batch
+
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+    for start in range(0, len(order), batch_size):
+        chunk = [encodings[i] for i in order[start : start + batch_size]]
+        ids, mask, segments = pad_batch(chunk)
+        yield ids, mask, segments, mask.sum(1)
+
+
+def verify(
+    reference: Runner,
+    candidate: Runner,
+    encodings: Sequence[Any],
+    precision: str,
+    fp32: Runner | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Compare `candidate` with the TensorFlow `reference` (and with the FP32 model if given)."""
+    if precision not in THRESHOLDS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(THRESHOLDS)}")
+    vs_tf, vs_fp32 = _Comparison(), _Comparison()
+    truncated = sum(bool(e.truncated) for e in encodings)
+    for ids, mask, segments, lengths in batches(encodings, batch_size):
+        got = candidate(ids, mask, segments)
+        vs_tf.update(reference(ids, mask, segments), got, lengths)
+        if fp32 is not None:
+            vs_fp32.update(fp32(ids, mask, segments), got, lengths)
+        if progress:
+            progress(len(ids))
+    figures = vs_tf.summary()
+    report: dict[str, Any] = {
+        "precision": precision,
+        "reference": "tensorflow",
+        "texts": len(encodings),
+        "truncated_texts": truncated,
+        "outputs": {name: figures[name] for name in OUTPUT_NAMES},
+        "mean_pooled_sequence": figures["mean_pooled_sequence"],
+        "spearman_vs_tensorflow": figures.get("spearman"),
+    }
+    if fp32 is not None:
+        against = vs_fp32.summary()
+        report["against_fp32"] = {
+            "outputs": {name: against[name] for name in OUTPUT_NAMES},
+            "mean_pooled_sequence": against["mean_pooled_sequence"],
+            "spearman": against.get("spearman"),
+        }
+    thresholds = THRESHOLDS[precision]
+    report["thresholds"] = thresholds
+    report["failures"] = gate_failures(report, thresholds)
+    report["passed"] = not report["failures"]
+    return report
+
+
+def gate_failures(report: dict[str, Any], thresholds: dict[str, Any]) -> list[str]:
+    failures = []
+    for key, bounds in thresholds.items():
+        if key == "spearman_vs_fp32":
+            value = (report.get("against_fp32") or {}).get("spearman")
+            if value is None:
+                value = report.get("spearman_vs_tensorflow")
+            if value is None or value < bounds:
+                failures.append(f"spearman {value} < {bounds}")
+            continue
+        figures = report["outputs"].get(key) or report.get(key) or {}
+        for metric, bound in bounds.items():
+            value = figures.get(metric)
+            bad = (
+                value is None
+                or math.isnan(value)
+                or (value > bound if metric == "max_abs_diff" else value < bound)
+            )
+            if bad:
+                op = "<=" if metric == "max_abs_diff" else ">="
+                failures.append(f"{key}.{metric} = {value} (needs {op} {bound})")
+    return failures
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A small table for the terminal."""
+    rows = [("output", "max_abs_diff", "mean_cosine", "min_cosine")]
+    sections = dict(report["outputs"])
+    sections["mean_pooled_sequence"] = report.get("mean_pooled_sequence", {})
+    for name, f in sections.items():
+        if f:
+            rows.append(
+                (
+                    name,
+                    f"{f['max_abs_diff']:.3g}",
+                    f"{f['mean_cosine']:.6f}",
+                    f"{f['min_cosine']:.6f}",
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        f"{report['precision']} vs {report['reference']} on {report['texts']} texts "
+        f"({report.get('truncated_texts', 0)} truncated)"
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    if report.get("spearman_vs_tensorflow") is not None:
+        lines.append(
+            f"spearman of pairwise similarities vs TF: {report['spearman_vs_tensorflow']:.6f}"
+        )
+    if report.get("against_fp32", {}).get("spearman") is not None:
+        lines.append(f"spearman vs FP32 bundle: {report['against_fp32']['spearman']:.6f}")
+    verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
+    lines.append(f"gate {report['thresholds']}: {verdict}")
+    return "\n".join(lines)

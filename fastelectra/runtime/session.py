@@ -1,0 +1,115 @@
+"""`EncoderSession`: one onnxruntime session for a bundle's model, checked against its metadata.
+
+On a GPU the inputs are bound with IO binding: onnxruntime then copies each input to the device
+once, writes outputs into device memory it allocates itself and copies them back once, instead of
+staging every tensor through extra host buffers.
+
+`run` is thread-safe (`InferenceSession.run` is, and each call builds its own IO binding), so one
+session serves many threads.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from fastelectra.bundle import INPUT_NAMES, OUTPUT_NAMES, BundleError
+from fastelectra.runtime.providers import ExecutionPlan, plan_execution
+
+_ORT_TYPES = {"int32": "tensor(int32)", "int64": "tensor(int64)"}
+
+
+class EncoderSession:
+    """Runs ``(input_word_ids, input_mask, segment_ids) -> (pooled_output, sequence_output)``."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        plan: ExecutionPlan | None = None,
+        *,
+        inputs: Sequence[str] = INPUT_NAMES,
+        outputs: Sequence[str] = OUTPUT_NAMES,
+        input_dtype: str = "int32",
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.plan = plan if plan is not None else plan_execution()
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        if input_dtype not in _ORT_TYPES:
+            raise BundleError(f"unsupported input dtype {input_dtype!r} (expected int32 or int64)")
+        self.input_dtype = np.dtype(input_dtype)
+        if not self.model_path.is_file():
+            raise BundleError(f"{self.model_path}: model file is missing")
+        for directory in self.plan.cache_dirs:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        try:
+            self._session = ort.InferenceSession(
+                str(self.model_path),
+                sess_options=self.plan.session_options(),
+                providers=list(self.plan.providers),
+                provider_options=[dict(o) for o in self.plan.provider_options],
+            )
+        except Exception as e:  # onnxruntime's errors share no base class but Exception
+            raise BundleError(
+                f"{self.model_path}: onnxruntime cannot load this model "
+                f"(truncated, damaged or not an ONNX encoder): {type(e).__name__}: {e}"
+            ) from e
+        self._check_io(input_dtype)
+        active = self._session.get_providers()
+        # onnxruntime-gpu logs and falls back to CPU when CUDA/TensorRT fail to initialise
+        # (missing libraries, no device): surface that, and do not bind to a device we lack.
+        if active[0] != self.plan.providers[0]:
+            warnings.warn(
+                f"{self.plan.providers[0]} failed to initialise; onnxruntime is using "
+                f"{', '.join(active)} (see onnxruntime's log above for why)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.providers = tuple(active)
+        self.device = "cuda" if active[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else "cpu"
+        self.device_id = self.plan.device_id
+
+    def _check_io(self, input_dtype: str) -> None:
+        model_inputs = {i.name: i.type for i in self._session.get_inputs()}
+        model_outputs = {o.name for o in self._session.get_outputs()}
+        if set(model_inputs) != set(self.inputs) or not set(self.outputs) <= model_outputs:
+            raise BundleError(
+                f"{self.model_path}: model IO does not match the bundle metadata: inputs "
+                f"{sorted(model_inputs)} (expected {sorted(self.inputs)}), outputs "
+                f"{sorted(model_outputs)} (expected {sorted(self.outputs)})"
+            )
+        wrong = {n: t for n, t in model_inputs.items() if t != _ORT_TYPES[input_dtype]}
+        if wrong:
+            raise BundleError(
+                f"{self.model_path}: inputs {wrong} do not have the bundle's dtype {input_dtype}"
+            )
+
+    def run(
+        self, input_word_ids: np.ndarray, input_mask: np.ndarray, segment_ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run one batch; returns ``(pooled [batch, hidden], sequence [batch, seq, hidden])``."""
+        arrays = [
+            np.ascontiguousarray(x, dtype=self.input_dtype)
+            for x in (input_word_ids, input_mask, segment_ids)
+        ]
+        if self.device == "cuda":
+            pooled, sequence = self._run_bound(arrays)
+        else:
+            pooled, sequence = self._session.run(list(self.outputs), dict(zip(self.inputs, arrays)))
+        return pooled, sequence
+
+    def _run_bound(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        binding = self._session.io_binding()  # per call: bindings are not shareable across threads
+        # Hold the device copies until the run is over.
+        values = [ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for a in arrays]
+        for name, value in zip(self.inputs, values):
+            binding.bind_ortvalue_input(name, value)
+        for name in self.outputs:
+            binding.bind_output(name, "cuda", self.device_id)
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
