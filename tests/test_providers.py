@@ -69,7 +69,9 @@ def test_user_options_override_ours():
 
 
 def test_tensorrt_options_fp32(tmp_path):
-    p = plan("tensorrt", TRT_BOX, max_length=128, max_batch=16, cache_key="abc", cache_root=tmp_path)
+    p = plan(
+        "tensorrt", TRT_BOX, max_length=128, max_batch=16, cache_key="abc", cache_root=tmp_path
+    )
     assert p.providers == (
         "TensorrtExecutionProvider",
         "CUDAExecutionProvider",

@@ -69,10 +69,12 @@ def quantize_int8_static(
         },
         calibration_cache_path=str(cache),
     )
-    ranges = _load_ranges(cache)
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    tensors = load_tensors_data(cache).data  # tensor name -> TensorData(lowest, highest, ...)
     cache.unlink(missing_ok=True)
     if table_dir is not None:
-        write_tensorrt_table(ranges, table_dir)
+        write_tensorrt_table(tensors, table_dir)
     return {
         "method": "quantize_static",
         "format": "QDQ",
@@ -85,19 +87,7 @@ def quantize_int8_static(
     }
 
 
-def _load_ranges(cache: Path) -> dict[str, tuple[float, float]]:
-    """Tensor name -> (min, max) from onnxruntime's calibration cache."""
-    from onnxruntime.quantization.calibrate import load_tensors_data
-
-    data = load_tensors_data(cache)
-    ranges = {}
-    for name, value in data.data.items():
-        low, high = value.range_value
-        ranges[name] = (float(low), float(high))
-    return ranges
-
-
-def write_tensorrt_table(ranges: dict[str, tuple[float, float]], directory: Path) -> Path:
+def write_tensorrt_table(tensors: dict[str, Any], directory: Path) -> Path:
     """TensorRT EP's calibration table (`trt_int8_calibration_table_name`) as FlatBuffers.
 
     Written with onnxruntime's own `write_calibration_table`, which also drops a JSON and a
@@ -105,7 +95,7 @@ def write_tensorrt_table(ranges: dict[str, tuple[float, float]], directory: Path
     """
     from onnxruntime.quantization import write_calibration_table
 
-    write_calibration_table(ranges, dir=str(directory))
+    write_calibration_table(tensors, dir=str(directory))
     for extra in ("calibration.json", "calibration.cache"):
         (directory / extra).unlink(missing_ok=True)
     table = directory / TRT_CALIBRATION_FILE

@@ -1,8 +1,9 @@
 """Fuse the exported graph into onnxruntime's transformer kernels, and prove it by counting.
 
 rewrite (small, weights not loaded) -> `optimize_model(model_type="bert_tf", opt_level=0)`
-(`opt_level=1` would import torch) -> Einsum output projection as MatMul -> bias folded into
-SkipLayerNormalization. A build whose fused-op counts fall short of one EmbedLayerNormalization,
+(`opt_level=1` would import torch) -> Einsum output projection as MatMul. (Folding that MatMul's bias
+into SkipLayerNormalization was tried: onnxruntime's dynamic quantizer then emits a duplicate
+tensor definition, so the bias Add stays.) A build whose fused-op counts fall short of one EmbedLayerNormalization,
 one Attention, two SkipLayerNormalization and one Gelu-family op per layer fails loudly
 instead of shipping a slow model.
 """
@@ -65,7 +66,6 @@ def fused_counts(model: onnx.ModelProto) -> dict[str, int]:
 def fuse(src: Path, dst: Path, dims: Dimensions, allow_partial: bool = False) -> FusionReport:
     """Fuse the ONNX model at `src` (external data beside it) and save it to `dst`."""
     from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.fusion_skiplayernorm import FusionBiasSkipLayerNormalization
     from onnxruntime.transformers.optimizer import optimize_model
 
     model = onnx.load(str(src), load_external_data=False)
@@ -89,7 +89,6 @@ def fuse(src: Path, dst: Path, dims: Dimensions, allow_partial: bool = False) ->
             opt_level=0,
         )
         rewrites["einsum_to_matmul"] = einsum_output_projection_to_matmul(optimized)
-        FusionBiasSkipLayerNormalization(optimized).apply()
         optimized.prune_graph(allow_remove_graph_inputs=False)
     rewritten.unlink(missing_ok=True)
 
@@ -105,6 +104,10 @@ def fuse(src: Path, dst: Path, dims: Dimensions, allow_partial: bool = False) ->
 
 def save_model(model: onnx.ModelProto, dst: Path) -> None:
     """Save inline when it fits in one protobuf, else with `<name>.data` external weights."""
+    domains = {o.domain for o in model.opset_import}
+    if "com.microsoft" not in domains:
+        # Fused contrib ops live there; onnx's checker and shape inference need the import.
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     size = sum(_tensor_bytes(t) for t in model.graph.initializer)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if size < INLINE_LIMIT_BYTES:
@@ -128,9 +131,16 @@ def _tensor_bytes(t: onnx.TensorProto) -> int:
 
 @contextlib.contextmanager
 def _quiet_onnxruntime_tools():
-    """onnxruntime.transformers prints pruning chatter to stdout; keep it for debugging only."""
+    """onnxruntime.transformers prints pruning chatter to stdout and warns once per layer that
+    the shared mask nodes were already removed; keep both for debugging only."""
     sink = io.StringIO()
-    with contextlib.redirect_stdout(sink):
-        yield
+    tools_logger = logging.getLogger("onnxruntime.transformers")
+    level = tools_logger.level
+    tools_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sink):
+            yield
+    finally:
+        tools_logger.setLevel(level)
     if sink.getvalue():
         log.debug("onnxruntime.transformers: %s", sink.getvalue())

@@ -173,7 +173,7 @@ def _mismatches(
     got = norm.normalize_str(_PROBE_SEP.join(chars)).split(_PROBE_SEP)
     if len(got) != len(chars):  # pragma: no cover - the separator itself was altered
         raise RuntimeError("normalizer probe lost its separators")
-    return [(c, expected(c), g) for c, g in zip(chars, got) if expected(c) != g]
+    return [(c, expected(c), g) for c, g in zip(chars, got, strict=True) if expected(c) != g]
 
 
 def _patches(
@@ -206,8 +206,8 @@ def _patches(
 def _normalizer(vocab: dict[str, int], do_lower_case: bool) -> normalizers.Normalizer:
     t = _tables()
     steps: list[normalizers.Normalizer] = [
-        # _clean_text: drop NUL, U+FFFD and every Cc / Cf except \t \n \r.  \x0b \x0c \x85 \x1c
-        # are Cc: FullTokenizer deletes them (Rust's whitespace would split on them).
+        # _clean_text: drop NUL, U+FFFD and every Cc / Cf except \t \n \r.  \x0b \x0c \x1c \x85
+        # are Cc, so "a\x0bb" is the one word "ab" (str.split / Rust would split there).
         normalizers.Replace(Regex(_char_class(t.removed)), ""),
         # _clean_text: \t \n \r and every Zs (NBSP, U+3000, ...) become a plain space.
         normalizers.Replace(Regex(_char_class(t.to_space)), " "),
@@ -223,7 +223,8 @@ def _normalizer(vocab: dict[str, int], do_lower_case: bool) -> normalizers.Norma
     # same [UNK] for every consumer.  Characters a vocab entry does hold are left alone.
     vocab_chars = {ch for token in vocab for ch in token}
     placeholder = next((chr(cp) for cp in _PRIVATE_USE if chr(cp) not in vocab_chars), None)
-    unassigned = t.unassigned - {ord(c) for c in vocab_chars}
+    held = {ord(c) for c in vocab_chars} & t.unassigned
+    unassigned = t.unassigned - held
     if placeholder is not None and unassigned:
         steps.append(normalizers.Replace(Regex(_char_class(unassigned)), placeholder))
 
@@ -240,13 +241,14 @@ def _normalizer(vocab: dict[str, int], do_lower_case: bool) -> normalizers.Norma
 
     # token.lower(), with Python's mappings where this build's Lowercase disagrees.
     lowercase = normalizers.Lowercase()
-    steps += _patches(lowercase, (c for c in t.assigned if c != _CAPITAL_SIGMA), str.lower)
+    probe = [c for c in t.assigned if c != _CAPITAL_SIGMA] + [chr(cp) for cp in sorted(held)]
+    steps += _patches(lowercase, probe, str.lower)
     steps.append(lowercase)
 
     # _run_strip_accents: unicodedata.normalize("NFD"), then drop Mn only.  StripAccents would
     # also drop Mc / Me (Devanagari vowel signs are Mc), so Mn is an explicit class.
     nfd = normalizers.NFD()
-    steps += _patches(nfd, t.assigned, lambda s: unicodedata.normalize("NFD", s))
+    steps += _patches(nfd, probe, lambda s: unicodedata.normalize("NFD", s))
     steps.append(nfd)
     steps.append(normalizers.Replace(Regex(_char_class(t.mn)), ""))
     return normalizers.Sequence(steps)

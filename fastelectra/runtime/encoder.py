@@ -192,7 +192,9 @@ class Encoder:
         pooled = np.zeros((n, self.hidden), np.float32)
         sequence: list[np.ndarray] = [np.zeros((0, self.hidden), np.float32)] * n
         lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
-        for batch, batch_pooled, batch_sequence in self._run(encodings, batch_size, max_batch_tokens):
+        for batch, batch_pooled, batch_sequence in self._run(
+            encodings, batch_size, max_batch_tokens
+        ):
             pooled[batch.indices] = batch_pooled
             for row, i in enumerate(batch.indices):
                 # A copy, not a view: a view would keep the whole padded batch alive.
@@ -234,7 +236,9 @@ class Encoder:
             weights = None
 
         vectors = np.zeros((len(encodings), self.hidden), np.float32)
-        for batch, batch_pooled, batch_sequence in self._run(encodings, batch_size, max_batch_tokens):
+        for batch, batch_pooled, batch_sequence in self._run(
+            encodings, batch_size, max_batch_tokens
+        ):
             vectors[batch.indices] = pool(pooling, batch_pooled, batch_sequence, batch.input_mask)
         if weights is not None:
             # Windows of one text -> their mean, weighted by tokens per window: for "mean"
@@ -259,9 +263,7 @@ class Encoder:
             )
             yield batch, np.asarray(pooled, np.float32), np.asarray(sequence, np.float32)
 
-    def _tokenize(
-        self, texts: list[str], pairs: list[str] | None, long: str
-    ) -> list[Encoding]:
+    def _tokenize(self, texts: list[str], pairs: list[str] | None, long: str) -> list[Encoding]:
         if not texts:
             return []
         clipped = [self._clip(t) for t in texts]
@@ -294,8 +296,7 @@ class Encoder:
         size = self.max_length * CLIP_CHARS_PER_TOKEN
         while size < len(text):
             prefix = text[:size]
-            (encoding,) = self._tokenizer.encode([prefix], max_length=UNLIMITED)
-            if len(encoding.ids) >= self.max_length + CLIP_MARGIN_TOKENS:
+            if self._tokenizer.token_count([prefix])[0] >= self.max_length + CLIP_MARGIN_TOKENS:
                 return prefix
             size *= 4
         return text
@@ -316,9 +317,7 @@ class Encoder:
                 owners.append(i)
                 continue
             for ids in chunk_ids(encoding.ids, span, stride):
-                windows.append(
-                    Encoding(ids=ids, type_ids=np.zeros_like(ids), truncated=False)
-                )
+                windows.append(Encoding(ids=ids, type_ids=np.zeros_like(ids), truncated=False))
                 owners.append(i)
         weights = np.array([len(w.ids) for w in windows], dtype=np.float64)
         return windows, np.array(owners, dtype=np.int64), weights
@@ -337,9 +336,7 @@ def chunk_ids(ids: np.ndarray, span: int, stride: int) -> list[np.ndarray]:
         start += stride
 
 
-def pool(
-    pooling: str, pooled: np.ndarray, sequence: np.ndarray, mask: np.ndarray
-) -> np.ndarray:
+def pool(pooling: str, pooled: np.ndarray, sequence: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[batch, hidden] vectors from one batch's outputs; padded positions never contribute."""
     if pooling == "pooled":
         return pooled
@@ -372,4 +369,6 @@ def check_max_length(max_length: int | None, limit: int) -> int:
 def check_choice(name: str, value: object, allowed: Sequence[str], hint: str = "") -> None:
     if not isinstance(value, str) or value not in allowed:
         options = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"{name} must be one of {options}, got {value!r}" + (f"; {hint}" if hint else ""))
+        raise ValueError(
+            f"{name} must be one of {options}, got {value!r}" + (f"; {hint}" if hint else "")
+        )

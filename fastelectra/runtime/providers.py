@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import onnxruntime as ort
 
@@ -52,8 +52,8 @@ DEFAULT_MAX_BATCH = 64
 DEFAULT_OPT_BATCH = 32
 DEFAULT_OPT_LENGTH = 128
 
-ProviderSpec = Union[str, tuple[str, Mapping[str, Any]]]
-Providers = Union[str, Sequence[ProviderSpec], None]
+ProviderSpec = str | tuple[str, Mapping[str, Any]]
+Providers = str | Sequence[ProviderSpec] | None
 
 
 @dataclass(frozen=True)
@@ -347,7 +347,8 @@ def _install_hint(missing: str) -> str:
     if missing in GPU_PROVIDERS:
         return (
             "Install onnxruntime-gpu instead of onnxruntime (`pip install 'fastelectra[gpu]'`) "
-            "and make sure CUDA" + (" and TensorRT are" if missing == TENSORRT else " is")
+            "and make sure CUDA"
+            + (" and TensorRT are" if missing == TENSORRT else " is")
             + " on the library path."
         )
     return ""

@@ -71,7 +71,9 @@ class EncoderSession:
                 stacklevel=2,
             )
         self.providers = tuple(active)
-        self.device = "cuda" if active[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else "cpu"
+        self.device = (
+            "cuda" if active[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else "cpu"
+        )
         self.device_id = self.plan.device_id
 
     def _check_io(self, input_dtype: str) -> None:
@@ -100,14 +102,16 @@ class EncoderSession:
         if self.device == "cuda":
             pooled, sequence = self._run_bound(arrays)
         else:
-            pooled, sequence = self._session.run(list(self.outputs), dict(zip(self.inputs, arrays)))
+            pooled, sequence = self._session.run(
+                list(self.outputs), dict(zip(self.inputs, arrays, strict=True))
+            )
         return pooled, sequence
 
     def _run_bound(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         binding = self._session.io_binding()  # per call: bindings are not shareable across threads
         # Hold the device copies until the run is over.
         values = [ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for a in arrays]
-        for name, value in zip(self.inputs, values):
+        for name, value in zip(self.inputs, values, strict=True):
             binding.bind_ortvalue_input(name, value)
         for name in self.outputs:
             binding.bind_output(name, "cuda", self.device_id)

@@ -53,9 +53,7 @@ def check_texts(texts: Iterable[str | bytes], name: str = "texts") -> list[str]:
     try:
         items = list(texts)
     except TypeError:
-        raise TypeError(
-            f"{name} must be a list of strings, got {type(texts).__name__}"
-        ) from None
+        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}") from None
     out: list[str] = []
     for i, text in enumerate(items):
         if isinstance(text, str):
@@ -85,10 +83,7 @@ def _longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
     if n1 + n2 <= budget:
         return n1, n2
     short, long_ = sorted((n1, n2))
-    if short > budget:
-        long_ = short
-    else:
-        long_ = max(short, budget - short)
+    long_ = short if short > budget else max(short, budget - short)
     if short + long_ > budget:
         short = budget // 2
         long_ = short + budget % 2
@@ -186,7 +181,7 @@ class WordPieceTokenizer:
                 out.append(Encoding(ids, np.zeros_like(ids), a.shape[0] > budget))
             return out
         n = len(texts)
-        for a, b in zip(pieces[:n], pieces[n:]):
+        for a, b in zip(pieces[:n], pieces[n:], strict=True):
             k1, k2 = _longest_first(a.shape[0], b.shape[0], budget)
             ids = np.concatenate((cls, a[:k1], sep, b[:k2], sep))
             type_ids = np.zeros_like(ids)
