@@ -61,6 +61,11 @@ def test_cuda_options():
     assert all(isinstance(v, str) for v in cuda.values())
 
 
+def test_a_bare_name_options_pair():
+    p = plan(("cuda", {"device_id": 3}), CUDA_BOX)
+    assert p.providers[0] == "CUDAExecutionProvider" and p.device_id == 3
+
+
 def test_user_options_override_ours():
     p = plan([("cuda", {"device_id": 2, "arena_extend_strategy": "kNextPowerOfTwo"})], CUDA_BOX)
     assert p.provider_options[0]["device_id"] == "2"
@@ -186,6 +191,7 @@ def test_fallback_warns_once_per_missing_provider():
         P.plan_execution(["tensorrt", "cuda", "cpu"], available=CPU_ONLY)
     assert len(record) == 2  # tensorrt, cuda
     assert [r.category for r in record] == [RuntimeWarning, RuntimeWarning]
+    assert {r.filename for r in record} == {__file__}  # points at the caller, not at us
 
 
 def test_list_is_deduplicated_and_cpu_closes_it():

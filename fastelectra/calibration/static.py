@@ -15,7 +15,7 @@ import onnx
 
 from fastelectra.bundle import TRT_CALIBRATION_FILE
 from fastelectra.calibration.feeds import TextCalibrationReader, read_calibration_texts
-from fastelectra.convert.precision import INT8_OPS, _needs_external
+from fastelectra.convert.precision import INT8_OPS, _needs_external, ffn_output_matmuls
 
 METHODS = ("minmax", "entropy", "percentile")
 # Batches of intermediate outputs held before reducing them to ranges / histograms.
@@ -57,6 +57,7 @@ def quantize_int8_static(
         reader,
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=INT8_OPS,
+        nodes_to_exclude=ffn_output_matmuls(src),
         per_channel=True,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,

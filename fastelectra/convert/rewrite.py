@@ -11,6 +11,7 @@ style of onnxruntime's own `Fusion*` classes: find the pattern, rewrite it, coun
 * `EmbeddingOrder`: (word + Expand(position)) + type becomes (word + type) + position, the
   Expand dropped (Add broadcasts the [1, seq, hidden] position slice by itself).
 * `ResidualOrder`: the residual Add gets the sublayer output as input 0.
+* `ErfcGelu`: exact GELU written with Erfc (TF) becomes onnxruntime's `Gelu`.
 * `FirstLayerReshape`: a no-op Reshape between the embedding LayerNorm and the first layer, the
   anchor `bert_tf` needs to fuse layer 0's attention; onnxruntime removes it again.
 
@@ -301,6 +302,67 @@ class FirstLayerReshape:
         return None
 
 
+class ErfcGelu:
+    """Exact GELU as TF writes it, 0.5 * x * erfc(-x / sqrt(2)), becomes one `Gelu` node.
+
+    onnxruntime's GELU fusion knows the Erf forms only; erfc(-z) == 1 + erf(z), so this is
+    the same function. `BiasGelu` fusion later folds the preceding bias Add in.
+    """
+
+    def __init__(self, model: OnnxModel):
+        self.model = model
+        self.count = 0
+
+    def apply(self) -> int:
+        m = self.model
+        producers = m.output_name_to_node()
+        consumers = m.input_name_to_nodes()
+        for erfc in m.get_nodes_by_op_type("Erfc"):
+            x = self._scaled_negation_input(erfc.input[0], producers)
+            if x is None:
+                continue
+            for mul in consumers.get(erfc.output[0], []):
+                if mul.op_type != "Mul":
+                    continue
+                other = mul.input[1] if mul.input[0] == erfc.output[0] else mul.input[0]
+                if not self._is_half_of(other, x, producers):
+                    continue
+                gelu = helper.make_node(
+                    "Gelu", [x], [mul.output[0]], mul.name + "_gelu", domain="com.microsoft"
+                )
+                m.add_node(gelu, m.get_graph_by_node(mul).name)
+                m.remove_node(mul)
+                self.count += 1
+        if self.count:
+            m.prune_graph(allow_remove_graph_inputs=False)
+        return self.count
+
+    def _scaled_negation_input(self, name: str, producers) -> str | None:
+        """x for Mul(Neg(x), 1/sqrt(2)) in either operand order."""
+        mul = producers.get(name)
+        if mul is None or mul.op_type != "Mul":
+            return None
+        for i in (0, 1):
+            neg = producers.get(mul.input[i])
+            scale = _const(self.model, mul.input[1 - i])
+            is_neg = neg is not None and neg.op_type == "Neg"
+            if (
+                is_neg
+                and scale is not None
+                and scale.size == 1
+                and abs(float(scale) - 0.5**0.5) < 1e-6
+            ):
+                return neg.input[0]
+        return None
+
+    def _is_half_of(self, name: str, x: str, producers) -> bool:
+        half = producers.get(name)
+        if half is None or half.op_type != "Mul" or x not in half.input:
+            return False
+        value = _const(self.model, half.input[1] if half.input[0] == x else half.input[0])
+        return value is not None and value.size == 1 and abs(float(value) - 0.5) < 1e-7
+
+
 def rewrite_for_fusion(model: onnx.ModelProto, hidden: int, max_positions: int) -> dict[str, int]:
     """Apply every rewrite in place; returns what each did. Raises RewriteError if one fails."""
     onnx_model = OnnxModel(model)
@@ -316,6 +378,7 @@ def rewrite_for_fusion(model: onnx.ModelProto, hidden: int, max_positions: int) 
     if not FirstLayerReshape(onnx_model, embedding.sum_output, hidden).apply():
         raise RewriteError("embedding LayerNorm output not found")
     report["first_layer_reshape"] = 1
+    report["erfc_gelu"] = ErfcGelu(onnx_model).apply()
     onnx_model.topological_sort()
     return report
 

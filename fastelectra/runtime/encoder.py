@@ -22,7 +22,7 @@ import numpy as np
 
 from fastelectra.bundle import Bundle, BundleError, BundleMeta, load_bundle
 from fastelectra.runtime.batching import Batch, check_batch_limits, iter_batches
-from fastelectra.runtime.providers import Providers, plan_for_bundle
+from fastelectra.runtime.providers import Providers, external_stacklevel, plan_for_bundle
 from fastelectra.runtime.session import EncoderSession
 from fastelectra.runtime.tokenizer import Encoding, WordPieceTokenizer, check_texts
 
@@ -283,7 +283,7 @@ class Encoder:
                 f"{self.max_length} tokens and were truncated; embed(..., long='chunk') "
                 "embeds them whole in overlapping windows",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=external_stacklevel(),
             )
         return encodings
 

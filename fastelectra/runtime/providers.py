@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,22 @@ class ExecutionPlan:
         return options
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def external_stacklevel() -> int:
+    """A `warnings.warn` stacklevel naming the first caller outside fastelectra.
+
+    Our warnings are raised a varying depth below the public call (`Encoder.load` ->
+    `plan_for_bundle` -> ...); pointing them at the user's line makes them actionable.
+    """
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def available_cores() -> int:
     """The cores this process may run on (cgroups/taskset aware, unlike `os.cpu_count`)."""
     try:
@@ -141,7 +158,7 @@ def resolve_providers(
         available = ort.get_available_providers()
     if providers is None:
         requested: Sequence[ProviderSpec] = ["cpu"]
-    elif isinstance(providers, str):
+    elif isinstance(providers, str) or _is_pair(providers):
         requested = [providers]
     elif isinstance(providers, Sequence) and providers:
         requested = providers
@@ -160,10 +177,10 @@ def resolve_providers(
             if name in available or name == CPU:
                 warnings.warn(
                     f"{wanted} is not available in this onnxruntime build "
-                    f"(available: {', '.join(available)}); using {name} instead. "
+                    f"(available: {', '.join(available)}); using {name} instead."
                     + _install_hint(wanted),
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=external_stacklevel(),
                 )
         if name != wanted:
             user_options = {}  # options meant for the missing provider do not apply
@@ -181,7 +198,7 @@ def resolve_providers(
 
 def parse_spec(spec: ProviderSpec) -> tuple[str, dict[str, str], int]:
     options: dict[str, str] = {}
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], Mapping):
+    if _is_pair(spec):
         spec, raw = spec
         options = {str(k): _option_str(v) for k, v in raw.items()}
     if not isinstance(spec, str):
@@ -327,7 +344,7 @@ def tensorrt_options(
                 "int8-static bundle has no calibration.flatbuffers; TensorRT runs it without "
                 "int8 (rebuild the bundle with calibration to get int8 kernels)",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=external_stacklevel(),
             )
         else:
             options["trt_int8_enable"] = "1"
@@ -335,6 +352,10 @@ def tensorrt_options(
             options["trt_int8_calibration_table_name"] = str(Path(calibration_table).absolute())
             options["trt_int8_use_native_calibration_table"] = "0"  # ORT's flatbuffers format
     return options
+
+
+def _is_pair(spec: object) -> bool:
+    return isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], Mapping)
 
 
 def _option_str(value: Any) -> str:
@@ -346,7 +367,7 @@ def _option_str(value: Any) -> str:
 def _install_hint(missing: str) -> str:
     if missing in GPU_PROVIDERS:
         return (
-            "Install onnxruntime-gpu instead of onnxruntime (`pip install 'fastelectra[gpu]'`) "
+            " Install onnxruntime-gpu instead of onnxruntime (`pip install 'fastelectra[gpu]'`) "
             "and make sure CUDA"
             + (" and TensorRT are" if missing == TENSORRT else " is")
             + " on the library path."

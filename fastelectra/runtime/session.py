@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from fastelectra.bundle import INPUT_NAMES, OUTPUT_NAMES, BundleError
-from fastelectra.runtime.providers import ExecutionPlan, plan_execution
+from fastelectra.runtime.providers import ExecutionPlan, external_stacklevel, plan_execution
 
 _ORT_TYPES = {"int32": "tensor(int32)", "int64": "tensor(int64)"}
 
@@ -68,7 +68,7 @@ class EncoderSession:
                 f"{self.plan.providers[0]} failed to initialise; onnxruntime is using "
                 f"{', '.join(active)} (see onnxruntime's log above for why)",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=external_stacklevel(),
             )
         self.providers = tuple(active)
         self.device = (
@@ -100,20 +100,20 @@ class EncoderSession:
             for x in (input_word_ids, input_mask, segment_ids)
         ]
         if self.device == "cuda":
-            pooled, sequence = self._run_bound(arrays)
+            pooled, sequence = self._run_bound(arrays, "cuda")
         else:
             pooled, sequence = self._session.run(
                 list(self.outputs), dict(zip(self.inputs, arrays, strict=True))
             )
         return pooled, sequence
 
-    def _run_bound(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    def _run_bound(self, arrays: list[np.ndarray], device: str) -> list[np.ndarray]:
         binding = self._session.io_binding()  # per call: bindings are not shareable across threads
         # Hold the device copies until the run is over.
-        values = [ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for a in arrays]
+        values = [ort.OrtValue.ortvalue_from_numpy(a, device, self.device_id) for a in arrays]
         for name, value in zip(self.inputs, values, strict=True):
             binding.bind_ortvalue_input(name, value)
         for name in self.outputs:
-            binding.bind_output(name, "cuda", self.device_id)
+            binding.bind_output(name, device, self.device_id)
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
