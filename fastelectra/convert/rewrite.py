@@ -48,6 +48,22 @@ def _const(model: OnnxModel, name: str) -> np.ndarray | None:
     return model.get_constant_value(name)
 
 
+def _scaled_by_constant(
+    model: OnnxModel, name: str, producers, op_type: str
+) -> list[tuple[onnx.NodeProto, float]]:
+    """(node, k) for `name` = Mul(node, k) or Mul(k, node), node of `op_type`, k a scalar."""
+    mul = producers.get(name)
+    if mul is None or mul.op_type != "Mul":
+        return []
+    found = []
+    for i in (0, 1):
+        node = producers.get(mul.input[i])
+        scale = _const(model, mul.input[1 - i])
+        if node is not None and node.op_type == op_type and scale is not None and scale.size == 1:
+            found.append((node, float(scale)))
+    return found
+
+
 class CanonicalMask:
     def __init__(self, model: OnnxModel, mask_input: str = "input_mask"):
         self.model = model
@@ -73,16 +89,9 @@ class CanonicalMask:
 
     def _is_mask_adder(self, name: str, producers) -> bool:
         """(c - m) * k or k * (c - m), c == 1, k <= -1000, m a broadcast of the mask input."""
-        mul = producers.get(name)
-        if mul is None or mul.op_type != "Mul":
-            return False
-        for sub_index in (0, 1):
-            sub = producers.get(mul.input[sub_index])
-            scale = _const(self.model, mul.input[1 - sub_index])
-            if sub is None or sub.op_type != "Sub" or scale is None or scale.size != 1:
-                continue
+        for sub, scale in _scaled_by_constant(self.model, name, producers, "Sub"):
             one = _const(self.model, sub.input[0])
-            if one is None or one.size != 1 or float(one) != 1.0 or float(scale) > -1000.0:
+            if one is None or one.size != 1 or float(one) != 1.0 or scale > -1000.0:
                 continue
             if self._reaches_mask(sub.input[1], producers):
                 return True
@@ -339,19 +348,8 @@ class ErfcGelu:
 
     def _scaled_negation_input(self, name: str, producers) -> str | None:
         """x for Mul(Neg(x), 1/sqrt(2)) in either operand order."""
-        mul = producers.get(name)
-        if mul is None or mul.op_type != "Mul":
-            return None
-        for i in (0, 1):
-            neg = producers.get(mul.input[i])
-            scale = _const(self.model, mul.input[1 - i])
-            is_neg = neg is not None and neg.op_type == "Neg"
-            if (
-                is_neg
-                and scale is not None
-                and scale.size == 1
-                and abs(float(scale) - 0.5**0.5) < 1e-6
-            ):
+        for neg, scale in _scaled_by_constant(self.model, name, producers, "Neg"):
+            if abs(scale - 0.5**0.5) < 1e-6:
                 return neg.input[0]
         return None
 
