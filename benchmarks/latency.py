@@ -1,139 +1,75 @@
-"""Side-by-side latency of TF, ORT FP32 unfused, fused, INT8 dynamic and INT8 static.
+"""Issue 3: TF against ORT FP32 unfused, fused FP32, INT8 dynamic and INT8 static, side by side.
 
-    python benchmarks/latency.py --preset base --batch 1 --seq 128 --threads 2 --rounds 5
+    python benchmarks/latency.py .cache/bundles/electra-large-{fp32,int8-dynamic,int8-static} \\
+        --source electra-large --batch 1 --seq 128 --threads 2
 
-All variants are built from one module into a work directory (no verification: `fastelectra
-build` does that), then timed round-robin, each round one call per variant in turn, so that
-drift on this shared machine hits every variant alike. Reports medians of round medians and
-ratios. Writes benchmarks/results/<date>-<host>/latency-<preset>.json.
+`fastelectra bench` with one more variant: the unfused ONNX export of the source (tf2onnx's
+graph before `fuse`), which is no bundle and so cannot be passed as one. The source is loaded
+once, for the export and as the TensorFlow variant; the export lives in a temporary folder for
+the run. Takes every `fastelectra bench` option; the defaults here are the issue-3 cell
+(batch 1, seq 128, 2 threads, 10 s per variant). Writes
+benchmarks/results/<date>-<host>/latency-<source>-b<batch>-s<seq>/ unless --out is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
+UNFUSED = "onnx-fp32-unfused"
 
 
-def build_variants(module: Path, work: Path) -> tuple[object, dict[str, Path]]:
-    from fastelectra.calibration.static import quantize_int8_static
-    from fastelectra.convert.fuse import fuse
-    from fastelectra.convert.precision import quantize_int8_dynamic
+def main(argv: list[str] | None = None) -> int:
+    from fastelectra.bench import cli
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.configure(parser)
+    parser.set_defaults(batch=[1], seq=[128], threads=2, duration=10.0)
+    args = parser.parse_args(argv)
+    if not args.source:
+        parser.error("--source is required: the TensorFlow original and the unfused export")
+    if args.out is None:
+        host = platform.node().split(".")[0] or "host"
+        name = f"latency-{Path(args.source).name}-b{args.batch[0]}-s{args.seq[0]}"
+        args.out = str(Path(__file__).parent / "results" / f"{date.today()}-{host}" / name)
+
+    from fastelectra.bench.variants import (
+        OnnxVariant,
+        TensorFlowVariant,
+        configure_tensorflow_threads,
+    )
+    from fastelectra.cli import resolve_source
     from fastelectra.convert.source import load_source
     from fastelectra.convert.tf_export import export_onnx
-    from fastelectra.convert.tokenizer import build_tokenizer
 
-    src = load_source(module)
-    exported = export_onnx(src, work / "unfused.onnx").path
-    fuse(exported, work / "fused.onnx", src.dimensions)
-    quantize_int8_dynamic(work / "fused.onnx", work / "int8-dynamic.onnx")
-    build_tokenizer(src.vocab_file, src.do_lower_case).save(str(work / "tokenizer.json"))
-    quantize_int8_static(
-        work / "fused.onnx",
-        work / "int8-static.onnx",
-        tokenizer_path=work / "tokenizer.json",
-        texts=None,
-        max_length=128,
-    )
-    return src, {
-        "ort_fp32_unfused": exported,
-        "ort_fp32_fused": work / "fused.onnx",
-        "ort_int8_dynamic": work / "int8-dynamic.onnx",
-        "ort_int8_static": work / "int8-static.onnx",
-    }
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="base")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=5, help="calls per variant per round")
-    args = parser.parse_args()
-
-    import onnxruntime as ort
-    import tensorflow as tf
-
-    from fastelectra.convert.build import tool_versions
-    from fastelectra.convert.reference import reference_module
-
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, 30000, (args.batch, args.seq)).astype(np.int32)
-    mask = np.ones_like(ids)
-    segments = np.zeros_like(ids)
-
-    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
-        src, paths = build_variants(reference_module(args.preset), Path(tmp))
-        runners = {}
-        fn = src.inference_function()
-        tf_in = (tf.constant(ids), tf.constant(mask), tf.constant(segments))
-        runners["tensorflow"] = lambda: fn(*tf_in)["sequence_output"].numpy()
-        for name, path in paths.items():
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = args.threads
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            feed = {"input_word_ids": ids, "input_mask": mask, "segment_ids": segments}
-            runners[name] = lambda s=session, f=feed: s.run(None, f)
-        for run in runners.values():  # warm-up
-            run()
-            run()
-        samples: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(args.rounds):
-            for name, run in runners.items():
-                times = []
-                for _ in range(args.calls):
-                    start = time.perf_counter()
-                    run()
-                    times.append(time.perf_counter() - start)
-                samples[name].append(statistics.median(times))
-        sizes = {name: path.stat().st_size for name, path in paths.items()}
-
-    median_ms = {name: 1000 * statistics.median(v) for name, v in samples.items()}
-    results = {
-        "preset": args.preset,
-        "cell": {"batch": args.batch, "seq": args.seq, "threads": args.threads},
-        "method": f"{args.rounds} rounds x {args.calls} calls, round-robin; median of round medians",
-        "median_ms": {k: round(v, 2) for k, v in median_ms.items()},
-        "ratio_vs_tensorflow": {
-            k: round(v / median_ms["tensorflow"], 3) for k, v in median_ms.items()
-        },
-        "ratio_vs_fused_fp32": {
-            k: round(v / median_ms["ort_fp32_fused"], 3) for k, v in median_ms.items()
-        },
-        "model_bytes": sizes,
-        "machine": f"{platform.node()} {platform.machine()}",
-        "cpus": len(os.sched_getaffinity(0)),
-        "cpu_flags": sorted(
-            {
-                f
-                for f in Path("/proc/cpuinfo").read_text().split()
-                if f.startswith(("avx512", "avx_vnni", "amx"))
-            }
-        ),
-        "versions": tool_versions(),
-        "command": " ".join(sys.argv),
-    }
-    print(json.dumps(results, indent=2))
-    out = Path(__file__).parent / "results" / f"{date.today()}-{platform.node()}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"latency-{args.preset}-b{args.batch}-s{args.seq}.json").write_text(
-        json.dumps(results, indent=2) + "\n"
-    )
-    return 0
+    started = time.perf_counter()
+    threads = configure_tensorflow_threads(args.threads)  # before TensorFlow starts
+    source = load_source(resolve_source(args.source))
+    tensorflow = TensorFlowVariant(source, args.source, threads)
+    tensorflow.load_seconds = time.perf_counter() - started
+    command = " ".join(["python", "benchmarks/latency.py", *(argv or sys.argv[1:])])
+    with tempfile.TemporaryDirectory(prefix="fastelectra-latency-") as tmp:
+        print(f"exporting {args.source} without fusion", file=sys.stderr, flush=True)
+        unfused = export_onnx(source, Path(tmp) / "unfused.onnx").path
+        extra = [
+            OnnxVariant.from_model(
+                UNFUSED,
+                unfused,
+                "fp32",
+                source.dimensions,
+                cli.parse_providers(args.providers),
+                args.threads,
+            ),
+            tensorflow,
+        ]
+        args.source = None  # loaded above: the bench must not load it a second time
+        # The memory runs reload each variant from its files, so they run inside this block.
+        return cli.run(args, extra_variants=extra, command=command)
 
 
 if __name__ == "__main__":

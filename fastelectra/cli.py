@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--route", default="hollow", choices=("hollow", "plain"), help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="write the bundle even if a gate fails")
+    p.add_argument(
+        "--no-int8-search",
+        dest="int8_search",
+        action="store_false",
+        help="int8: quantise every MatMul/Attention instead of searching which must stay FP32",
+    )
 
     p = sub.add_parser("verify", help="re-check a bundle against its TensorFlow original")
     p.add_argument("bundle")
@@ -93,6 +99,7 @@ def _build(args: argparse.Namespace) -> int:
         calibration_method=args.calibration_method,
         force=args.force,
         route=args.route,
+        int8_search=args.int8_search,
     )
     return 0
 
@@ -176,7 +183,12 @@ def _load_extra_commands() -> None:
     """Import modules that add subcommands (kept out of this file to keep it thin)."""
     import importlib
 
-    for module in ("fastelectra.runtime.cli", "fastelectra.bench.cli", "fastelectra.serve.cli"):
+    for module in (
+        "fastelectra.runtime.cli",
+        "fastelectra.bench.cli",
+        "fastelectra.serve.cli",
+        "fastelectra.scale.cli",
+    ):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -193,4 +205,8 @@ def register_subcommand(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m fastelectra.cli` runs this file as __main__, a second copy of the module:
+    # subcommand modules register into `fastelectra.cli`, so run that copy's main.
+    from fastelectra.cli import main as registered_main
+
+    sys.exit(registered_main())

@@ -115,6 +115,19 @@ def test_tensorrt_int8_static_uses_calibration_table(tmp_path):
     assert Path(trt["trt_int8_calibration_table_name"]).is_absolute()
 
 
+def test_tensorrt_int8_static_qdq_model_gets_no_table(tmp_path):
+    """TensorRT refuses a calibration table for a model with Q/DQ nodes: scales come from them."""
+    trt = plan(
+        "tensorrt",
+        TRT_BOX,
+        precision="int8-static",
+        calibration_table=tmp_path / "calibration.flatbuffers",
+        qdq=True,
+    ).provider_options[0]
+    assert trt["trt_int8_enable"] == "1"
+    assert "trt_int8_calibration_table_name" not in trt
+
+
 def test_tensorrt_int8_static_without_table_warns():
     with pytest.warns(RuntimeWarning, match="calibration"):
         trt = P.plan_execution(
@@ -163,6 +176,10 @@ def test_plan_for_bundle(tmp_path):
     # max_length narrows the profile (and the cache directory with it).
     narrow = P.plan_for_bundle(bundle, "tensorrt", max_length=32, available=TRT_BOX)
     assert narrow.provider_options[0]["trt_profile_max_shapes"].endswith("x32")
+    # What fastelectra builds is QDQ: then the table stays out of TensorRT's options.
+    bundle.meta.quantization = {"format": "QDQ"}
+    qdq = P.plan_for_bundle(bundle, "tensorrt", available=TRT_BOX).provider_options[0]
+    assert qdq["trt_int8_enable"] == "1" and "trt_int8_calibration_table_name" not in qdq
 
 
 @pytest.mark.parametrize(

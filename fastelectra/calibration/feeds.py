@@ -47,12 +47,24 @@ class TextCalibrationReader:
         self.batch_size = batch_size
         self.max_length = max_length
         self._batches: Iterator[dict[str, np.ndarray]] | None = None
+        self._range = (0, len(self))
 
     def __len__(self) -> int:
         return -(-len(self.texts) // self.batch_size)
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Serve only batches [start_index, end_index) until the next call.
+
+        onnxruntime's `CalibStridedMinMax` option calls this to calibrate a few batches at a
+        time, which bounds memory and keeps each collected set one shape.
+        """
+        self._range = (start_index, min(end_index, len(self)))
+        self._batches = None
+
     def _generate(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(self.texts), self.batch_size):
+        first, last = self._range
+        for batch in range(first, last):
+            start = batch * self.batch_size
             chunk = self.texts[start : start + self.batch_size]
             firsts = [t.split("\t", 1)[0] for t in chunk]
             seconds = [t.split("\t", 1)[1] if "\t" in t else None for t in chunk]

@@ -3,23 +3,33 @@
 QDQ, not QOperator: QOperator on the fused graph fails inside onnxruntime (FINDINGS.md). The
 calibration runs in bounded memory: onnxruntime's calibrator otherwise keeps every
 intermediate output of every batch (issue reports of 100+ GiB for BERT percentile
-calibration); `CalibMaxIntermediateOutputs` makes it reduce to ranges every few batches.
+calibration). `CalibStridedMinMax` (despite its name, honoured by every method) makes it
+collect one batch at a time through the reader's `set_range` and fold it into the running
+ranges / histograms; that also keeps each collected set one shape, without which the
+histogram methods fail on batches of different lengths.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 
 from fastelectra.bundle import TRT_CALIBRATION_FILE
 from fastelectra.calibration.feeds import TextCalibrationReader, read_calibration_texts
-from fastelectra.convert.precision import INT8_OPS, _needs_external, ffn_output_matmuls
+from fastelectra.convert.fuse import save_model
+from fastelectra.convert.precision import INT8_OPS, Int8Quantizer, _needs_external
+
+if TYPE_CHECKING:
+    from fastelectra.convert.int8_search import Rounding
 
 METHODS = ("minmax", "entropy", "percentile")
-# Batches of intermediate outputs held before reducing them to ranges / histograms.
-MAX_INTERMEDIATE_BATCHES = 4
+# Batches of intermediate outputs held before folding them into ranges / histograms.
+BATCHES_PER_COLLECT = 1
 
 
 def calibration_method(name: str):
@@ -35,68 +45,140 @@ def calibration_method(name: str):
     return table[name]
 
 
-def quantize_int8_static(
-    src: Path,
-    dst: Path,
-    *,
-    tokenizer_path: Path,
-    texts: str | Path | None,
-    method: str = "minmax",
-    max_length: int = 512,
-    table_dir: Path | None = None,
-    batch_size: int = 8,
-) -> dict[str, Any]:
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+class StaticInt8(Int8Quantizer):
+    """QDQ quantisation with activation ranges calibrated once on text.
 
-    corpus = read_calibration_texts(texts)
-    reader = TextCalibrationReader(tokenizer_path, corpus, batch_size, max_length)
-    cache = dst.with_name(dst.name + ".ranges.json")
-    quantize_static(
-        str(src),
-        str(dst),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=INT8_OPS,
-        nodes_to_exclude=ffn_output_matmuls(src),
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=calibration_method(method),
-        use_external_data_format=_needs_external(src),
-        extra_options={
-            "DefaultTensorType": onnx.TensorProto.FLOAT,
-            "CalibMaxIntermediateOutputs": MAX_INTERMEDIATE_BATCHES,
-            "ActivationSymmetric": True,
-        },
-        calibration_cache_path=str(cache),
-    )
-    from onnxruntime.quantization.calibrate import load_tensors_data
+    Calibration is the expensive part, so it runs on the first `quantize` only: onnxruntime's
+    `quantize_static` reads the ranges back from its JSON cache on every later call (the INT8
+    search writes several candidates). The TensorRT table is written from the same ranges.
+    """
 
-    tensors = load_tensors_data(cache).data  # tensor name -> TensorData(lowest, highest, ...)
-    cache.unlink(missing_ok=True)
-    if table_dir is not None:
-        write_tensorrt_table(tensors, table_dir)
-    return {
-        "method": "quantize_static",
-        "format": "QDQ",
-        "calibration": method,
-        "calibration_texts": str(texts) if texts else "built-in calibration.txt",
-        "calibration_batches": len(reader),
-        "op_types": INT8_OPS,
-        "per_channel": True,
-        "tensorrt_table": TRT_CALIBRATION_FILE if table_dir is not None else None,
-    }
+    def __init__(
+        self,
+        src: Path,
+        dst: Path,
+        *,
+        tokenizer_path: Path,
+        texts: str | Path | None,
+        method: str = "minmax",
+        max_length: int = 512,
+        table_dir: Path | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        self.dst = dst
+        self.texts = texts
+        self.method = method
+        self.table_dir = table_dir
+        self.reader = TextCalibrationReader(
+            tokenizer_path, read_calibration_texts(texts), batch_size, max_length
+        )
+        self.work = Path(tempfile.mkdtemp(prefix=".calibration-", dir=dst.parent))
+        self.cache = self.work / "ranges.json"
+        # onnxruntime's calibrator only records tensors whose type it knows, and nothing
+        # infers types through the fused contrib ops (SkipLayerNormalization, Attention...):
+        # without this, 2 of MiniLM's 25 quantisable inputs got ranges. Symbolic shape
+        # inference knows the contrib ops.
+        self.src = typed_copy(src, self.work / "typed.onnx")
+
+    def quantize(self, fp32_nodes: list[str]) -> None:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        first = not self.cache.exists()
+        quantize_static(
+            str(self.src),
+            str(self.dst),
+            self.reader if first else None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=INT8_OPS,
+            nodes_to_exclude=fp32_nodes,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=calibration_method(self.method),
+            use_external_data_format=_needs_external(self.src),
+            extra_options={
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+                "CalibStridedMinMax": BATCHES_PER_COLLECT,
+                "ActivationSymmetric": True,
+                # Symmetric ranges (lowest = -highest) also make the TensorRT table right:
+                # onnxruntime writes max(highest, lowest) there, not max(|highest|, |lowest|).
+                "CalibTensorRangeSymmetric": True,
+            },
+            calibration_cache_path=str(self.cache),
+        )
+        if first and self.table_dir is not None:
+            from onnxruntime.quantization.calibrate import load_tensors_data
+
+            write_tensorrt_table(load_tensors_data(self.cache).data, self.table_dir)
+
+    def activation_rounding(self) -> Rounding:
+        """Symmetric int8 with each tensor's calibrated range (calibrating if not yet done)."""
+        from onnxruntime.quantization.calibrate import load_tensors_data
+
+        from fastelectra.convert.int8_search import fake_quant_static
+
+        if not self.cache.exists():
+            self.quantize([])
+        ranges = {
+            name: (float(np.min(data.range_value[0])), float(np.max(data.range_value[1])))
+            for name, data in load_tensors_data(self.cache).data.items()
+        }
+        # (quantize_static's symmetric activations use max(|low|, |high|), as does rounding.)
+
+        def rounding(name: str, x: np.ndarray) -> np.ndarray:
+            if name not in ranges:  # not calibrated: quantize_static leaves that input FP32
+                return x
+            return fake_quant_static(x, *ranges[name])
+
+        return rounding
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "method": "quantize_static",
+            "format": "QDQ",
+            "calibration": self.method,
+            "calibration_texts": str(self.texts) if self.texts else "built-in calibration.txt",
+            "calibration_batches": len(self.reader),
+            "op_types": INT8_OPS,
+            "per_channel": True,
+            "tensorrt_table": TRT_CALIBRATION_FILE if self.table_dir is not None else None,
+        }
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def typed_copy(src: Path, dst: Path) -> Path:
+    """`src` with every intermediate tensor's type and shape annotated (weights untouched)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    graph_only = onnx.load(str(src), load_external_data=False)
+    typed = SymbolicShapeInference.infer_shapes(graph_only, auto_merge=True)
+    model = onnx.load(str(src))
+    model.graph.value_info.extend(typed.graph.value_info)
+    del graph_only, typed
+    save_model(model, dst)
+    return dst
 
 
 def write_tensorrt_table(tensors: dict[str, Any], directory: Path) -> Path:
     """TensorRT EP's calibration table (`trt_int8_calibration_table_name`) as FlatBuffers.
 
     Written with onnxruntime's own `write_calibration_table`, which also drops a JSON and a
-    plain-text cache; only the FlatBuffers file is kept in the bundle.
+    plain-text cache; only the FlatBuffers file is kept in the bundle. TensorRT wants each
+    tensor's dynamic range max(|lowest|, |highest|), but onnxruntime writes
+    max(highest, lowest), which clips the negative side of any range that is not symmetric
+    (the histogram methods' ranges are not), so the ranges are made symmetric first.
     """
     from onnxruntime.quantization import write_calibration_table
+    from onnxruntime.quantization.calibrate import TensorData
 
-    write_calibration_table(tensors, dir=str(directory))
+    symmetric = {}
+    for name, data in tensors.items():
+        low, high = data.range_value
+        bound = np.maximum(np.abs(low), np.abs(high)).astype(np.float32)
+        symmetric[name] = TensorData(lowest=-bound, highest=bound)
+    write_calibration_table(symmetric, dir=str(directory))
     for extra in ("calibration.json", "calibration.cache"):
         (directory / extra).unlink(missing_ok=True)
     table = directory / TRT_CALIBRATION_FILE

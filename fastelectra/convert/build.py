@@ -79,6 +79,7 @@ def build(
     force: bool = False,
     route: str = "hollow",
     progress: Progress | None = _stderr_progress,
+    int8_search: bool = True,
 ) -> BuildResult:
     """Convert `source` into a verified bundle at `out` (see the module docstring)."""
     from fastelectra.convert.source import load_source
@@ -135,6 +136,8 @@ def build(
                         calibration_texts=calibration_texts,
                         calibration_method=calibration_method,
                         max_length=dims.max_positions,
+                        int8_search=int8_search,
+                        progress=say,
                     )
             with step("verify", "verifying against TensorFlow"):
                 report = verify_model(

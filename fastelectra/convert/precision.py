@@ -10,11 +10,16 @@
 
 from __future__ import annotations
 
+import abc
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
+
+if TYPE_CHECKING:
+    from fastelectra.convert.int8_search import Rounding, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +41,25 @@ def convert_precision(
     calibration_texts: str | Path | None,
     calibration_method: str,
     max_length: int,
+    int8_search: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Write the `precision` variant of `fused` to `dst`; returns what goes into metadata."""
+    """Write the `precision` variant of `fused` to `dst`; returns what goes into metadata.
+
+    INT8 variants keep the nodes FP32 that `int8_search` finds they must (see
+    `fastelectra.convert.int8_search`); `int8_search=False` quantises every MatMul and
+    Attention (for speed work on random weights, whose accuracy means nothing).
+    """
     if precision == "fp16":
         return to_fp16(fused, dst)
+    if precision not in ("int8-dynamic", "int8-static"):
+        raise ValueError(f"no conversion for precision {precision!r}")
     if precision == "int8-dynamic":
-        return quantize_int8_dynamic(fused, dst)
-    if precision == "int8-static":
-        from fastelectra.calibration.static import quantize_int8_static
+        quantizer = DynamicInt8(fused, dst)
+    else:
+        from fastelectra.calibration.static import StaticInt8
 
-        return quantize_int8_static(
+        quantizer = StaticInt8(
             fused,
             dst,
             tokenizer_path=tokenizer_path,
@@ -54,7 +68,70 @@ def convert_precision(
             max_length=max_length,
             table_dir=staging,
         )
-    raise ValueError(f"no conversion for precision {precision!r}")
+    with quantizer:
+        if not int8_search:
+            quantizer.quantize([])
+            return quantizer.metadata() | {"fp32_nodes": 0, "int8_search": None}
+        search = tune_int8(
+            quantizer,
+            fused,
+            dst,
+            tokenizer_path=tokenizer_path,
+            texts=calibration_texts,
+            max_length=max_length,
+            precision=precision,
+            progress=progress,
+        )
+        return quantizer.metadata() | {
+            "fp32_nodes": len(search.fp32_nodes),
+            "int8_search": search.to_json(),
+        }
+
+
+def tune_int8(
+    quantizer: Int8Quantizer,
+    fused: Path,
+    dst: Path,
+    *,
+    tokenizer_path: Path,
+    texts: str | Path | None,
+    max_length: int,
+    precision: str,
+    progress: Callable[[str], None] | None = None,
+) -> SearchResult:
+    """Rank nodes on calibration text, then search how many must stay FP32 (int8_search)."""
+    from fastelectra.calibration.feeds import read_calibration_texts
+    from fastelectra.convert.build import encode_texts
+    from fastelectra.convert.int8_search import (
+        CHECK_TEXTS,
+        RANK_TEXTS,
+        node_sensitivity,
+        search_fp32_nodes,
+        single_feeds,
+        spread_sample,
+        tightened,
+    )
+    from fastelectra.convert.verify import THRESHOLDS, onnx_runner, verify
+
+    corpus = [
+        (a, b or None) for a, _, b in (t.partition("\t") for t in read_calibration_texts(texts))
+    ]
+    encodings = encode_texts(tokenizer_path, corpus, max_length)
+    ranked = node_sensitivity(
+        fused,
+        single_feeds(spread_sample(encodings, RANK_TEXTS, key=lambda e: len(e.ids))),
+        INT8_OPS,
+        quantizer.activation_rounding(),
+    )
+    check = spread_sample(encodings, CHECK_TEXTS, key=lambda e: len(e.ids))
+    reference = onnx_runner(fused)
+
+    def evaluate() -> dict[str, Any]:
+        return verify(reference, onnx_runner(dst), check, precision)
+
+    return search_fp32_nodes(
+        ranked, quantizer.quantize, evaluate, tightened(THRESHOLDS[precision]), progress
+    )
 
 
 def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
@@ -70,46 +147,55 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
     return {"method": "convert_float_to_float16", "keep_io_types": True, "fp32_ops": FP16_KEEP_FP32}
 
 
-def ffn_output_matmuls(path: Path) -> list[str]:
-    """MatMuls fed by a GELU: the FFN down-projections, whose inputs have the widest range.
+class Int8Quantizer(abc.ABC):
+    """Writes its model again for each set of nodes kept FP32 (the search tries several); a
+    context manager so that per-model state (the static calibration cache) is cleaned up."""
 
-    Keeping them FP32 measurably helps the real-weights MiniLM (mean-pooled cosine vs FP32
-    0.9927 -> 0.9959, Spearman 0.989 -> 0.994) at the cost of a third of the FFN arithmetic.
-    """
-    model = onnx.load(str(path), load_external_data=False)
-    gelu_outputs = {
-        o
-        for n in model.graph.node
-        if n.op_type in ("FastGelu", "BiasGelu", "Gelu")
-        for o in n.output
-    }
-    return [
-        n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[0] in gelu_outputs
-    ]
+    @abc.abstractmethod
+    def quantize(self, fp32_nodes: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    def metadata(self) -> dict[str, Any]: ...
+
+    def activation_rounding(self) -> Rounding | None:
+        """How activations will be rounded, for ranking nodes; None: dynamic quantisation's."""
+        return None
+
+    def __enter__(self) -> Int8Quantizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
-def quantize_int8_dynamic(src: Path, dst: Path) -> dict[str, Any]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+class DynamicInt8(Int8Quantizer):
+    """`quantize_dynamic`: QAttention + MatMulInteger, per-channel int8 weights."""
 
-    excluded = ffn_output_matmuls(src)
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=INT8_OPS,
-        nodes_to_exclude=excluded,
-        use_external_data_format=_needs_external(src),
-        # The fused contrib ops carry no type information onnxruntime's quantizer can read.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    return {
-        "method": "quantize_dynamic",
-        "weight_type": "QInt8",
-        "per_channel": True,
-        "op_types": INT8_OPS,
-        "fp32_nodes": len(excluded),
-    }
+    def __init__(self, src: Path, dst: Path) -> None:
+        self.src, self.dst = src, dst
+
+    def quantize(self, fp32_nodes: list[str]) -> None:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            str(self.src),
+            str(self.dst),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=INT8_OPS,
+            nodes_to_exclude=fp32_nodes,
+            use_external_data_format=_needs_external(self.src),
+            # The fused contrib ops carry no type information onnxruntime's quantizer reads.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "method": "quantize_dynamic",
+            "weight_type": "QInt8",
+            "per_channel": True,
+            "op_types": INT8_OPS,
+        }
 
 
 def _needs_external(path: Path) -> bool:

@@ -251,6 +251,33 @@ class Encoder:
             vectors = l2_normalize(vectors)
         return vectors
 
+    # -- for callers that schedule model runs themselves (fastelectra.serve) ------------------
+
+    def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
+        """Each text's model input, cut to `max_length` tokens without a warning.
+
+        `Encoding.truncated` says which texts were cut, so the caller decides whether that is
+        an error; `len(encoding)` is the exact token count. Feed the result to `run_batches`.
+        """
+        texts = check_texts(texts)
+        if not texts:
+            return []
+        return self._tokenizer.encode([self._clip(t) for t in texts], max_length=self.max_length)
+
+    def run_batches(
+        self,
+        encodings: Sequence[Encoding],
+        batch_size: int = 32,
+        max_batch_tokens: int | None = 16384,
+    ) -> Iterator[tuple[Batch, np.ndarray, np.ndarray]]:
+        """Run the model on `encodings` in length-sorted batches (as `embed` does).
+
+        Yields ``(batch, pooled [rows, hidden], sequence [rows, longest, hidden])`` per model run;
+        ``batch.indices`` are the rows' positions in `encodings`. Pool with `pool`.
+        """
+        check_batch_limits(batch_size, max_batch_tokens)
+        return self._run(encodings, batch_size, max_batch_tokens)
+
     def _run(
         self, encodings: Sequence[Encoding], batch_size: int, max_batch_tokens: int | None
     ) -> Iterator[tuple[Batch, np.ndarray, np.ndarray]]:

@@ -228,6 +228,7 @@ def plan_execution(
     max_length: int = 512,
     max_batch: int = DEFAULT_MAX_BATCH,
     calibration_table: str | os.PathLike[str] | None = None,
+    qdq: bool = False,
     cache_key: str = "default",
     cache_root: str | os.PathLike[str] | None = None,
     inputs: Sequence[str] = INPUT_NAMES,
@@ -250,6 +251,7 @@ def plan_execution(
                 max_length=max_length,
                 max_batch=max_batch,
                 calibration_table=calibration_table,
+                qdq=qdq,
                 cache_key=cache_key,
                 cache_root=cache_root,
                 inputs=inputs,
@@ -289,6 +291,7 @@ def plan_for_bundle(
         max_length=max_length or meta.max_sequence_length,
         max_batch=max_batch,
         calibration_table=bundle.calibration_table_path,
+        qdq=(meta.quantization or {}).get("format") == "QDQ",
         cache_key=bundle_cache_key(meta.files),
         inputs=meta.inputs,
         available=available,
@@ -314,6 +317,7 @@ def tensorrt_options(
     max_length: int = 512,
     max_batch: int = DEFAULT_MAX_BATCH,
     calibration_table: str | os.PathLike[str] | None = None,
+    qdq: bool = False,
     cache_key: str = "default",
     cache_root: str | os.PathLike[str] | None = None,
     inputs: Sequence[str] = INPUT_NAMES,
@@ -338,7 +342,12 @@ def tensorrt_options(
         "trt_profile_max_shapes": profile_shapes(max_batch, max_length, inputs),
         "trt_fp16_enable": "1" if precision == "fp16" else "0",
     }
-    if precision == "int8-static":
+    if precision == "int8-static" and qdq:
+        # Explicit quantisation: TensorRT reads the scales from the Q/DQ nodes, and refuses to
+        # load a model with Q/DQ nodes *and* a calibration table (onnxruntime's TensorRT EP
+        # documentation; onnxruntime issue #13071).
+        options["trt_int8_enable"] = "1"
+    elif precision == "int8-static":
         if calibration_table is None:
             warnings.warn(
                 "int8-static bundle has no calibration.flatbuffers; TensorRT runs it without "
@@ -347,6 +356,7 @@ def tensorrt_options(
                 stacklevel=external_stacklevel(),
             )
         else:
+            # Implicit quantisation of a graph without Q/DQ nodes: ranges from the table.
             options["trt_int8_enable"] = "1"
             # The EP joins this name onto trt_engine_cache_path; an absolute path wins the join.
             options["trt_int8_calibration_table_name"] = str(Path(calibration_table).absolute())

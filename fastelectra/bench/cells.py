@@ -1,0 +1,112 @@
+"""Batch x sequence cells: synthetic inputs of an exact shape, timed round-robin.
+
+Inputs go straight to the session (no tokenizer, no batching), so a cell's shape is exactly
+`batch x seq`: random ids from the vocabulary between [CLS] and [SEP], no padding.
+
+Timing is interleaved run by run: each round runs every variant once, in an order rotated from
+round to round, so a slow drift of the machine (another job, thermal or frequency changes)
+hits every variant alike and no variant always follows the same neighbour. Rounds go on until
+the cell has used `duration` seconds per variant on average and at least `min_runs` rounds
+have run, so every variant has the same number of samples.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from fastelectra.bench.variants import Variant
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Cell:
+    batch: int
+    seq: int
+
+
+def synthetic_inputs(
+    cell: Cell, vocab_size: int, cls_id: int, sep_id: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[CLS] w_1 .. w_{seq-2} [SEP]`` rows, ids drawn above the special tokens, no padding."""
+    if cell.seq < 2:
+        raise ValueError(f"seq must be >= 2 for [CLS] and [SEP], got {cell.seq}")
+    lowest_word = max(cls_id, sep_id) + 1
+    if lowest_word >= vocab_size:
+        raise ValueError(f"no word ids above [CLS]/[SEP] ({cls_id}, {sep_id}) in {vocab_size}")
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(lowest_word, vocab_size, (cell.batch, cell.seq), dtype=np.int32)
+    ids[:, 0] = cls_id
+    ids[:, -1] = sep_id
+    return ids, np.ones_like(ids), np.zeros_like(ids)
+
+
+def round_robin(
+    runs: Sequence[Callable[[], object]], duration: float, min_rounds: int
+) -> tuple[list[list[float]], list[object]]:
+    """Interleave `runs` (see the module doc); returns seconds per call of each, and what each
+    returned on its first timed call."""
+    samples: list[list[float]] = [[] for _ in runs]
+    first: list[object] = [None] * len(runs)
+    budget = duration * len(runs)
+    spent = 0.0
+    rounds = 0
+    gc.collect()
+    # A collection pause inside one run would land on whichever variant happened to be running.
+    gc.disable()
+    try:
+        while rounds < min_rounds or spent < budget:
+            shift = rounds % len(runs)
+            for i in [*range(shift, len(runs)), *range(shift)]:
+                started = time.perf_counter()
+                result = runs[i]()
+                elapsed = time.perf_counter() - started
+                if rounds == 0:
+                    first[i] = result
+                samples[i].append(elapsed)
+                spent += elapsed
+            rounds += 1
+    finally:
+        gc.enable()
+    return samples, first
+
+
+def time_cell(
+    variants: Sequence[Variant],
+    inputs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    duration: float,
+    warmup: int,
+    min_runs: int,
+) -> dict[str, list[float]]:
+    """Seconds per run of each variant on `inputs`, measured round-robin."""
+    prepared = [v.prepare(*inputs) for v in variants]
+    for variant, x in zip(variants, prepared, strict=True):
+        for _ in range(warmup):  # first runs of a shape grow memory arenas, trace, pre-pack
+            variant.run(x)
+    runs = [partial(v.run, x) for v, x in zip(variants, prepared, strict=True)]
+    samples, _ = round_robin(runs, duration, min_runs)
+    return {v.name: s for v, s in zip(variants, samples, strict=True)}
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """Milliseconds: p50 / p90 / p99 (linear interpolation), mean, min, max."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    stats = {f"p{p}": float(np.percentile(ms, p)) for p in PERCENTILES}
+    stats.update(mean=float(ms.mean()), min=float(ms.min()), max=float(ms.max()))
+    return {k: round(v, 4) for k, v in stats.items()}
+
+
+def throughput(cell: Cell, seconds: Sequence[float]) -> dict[str, float]:
+    """Sequences and tokens per second over all timed runs (total work / total time)."""
+    total = float(np.sum(seconds))
+    sequences = cell.batch * len(seconds) / total
+    return {
+        "sequences_per_s": round(sequences, 3),
+        "tokens_per_s": round(sequences * cell.seq, 1),
+    }

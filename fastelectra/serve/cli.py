@@ -1,0 +1,166 @@
+"""`fastelectra serve BUNDLE`: one uvicorn process serving a bundle's embeddings over HTTP.
+
+Imported by `fastelectra.cli` for every command, so only argparse work happens at import time;
+FastAPI, uvicorn and onnxruntime load when `serve` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from fastelectra.cli import register_subcommand
+
+API_KEY_ENV = "FASTELECTRA_API_KEY"
+log = logging.getLogger("fastelectra.serve")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from fastelectra.serve.config import DEFAULT_POOLING, Limits
+
+    defaults = Limits()
+    p.add_argument("bundle", help="bundle directory (from `fastelectra build`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--api-key",
+        help=f"require 'Authorization: Bearer KEY' on every route but /health "
+        f"(default: ${API_KEY_ENV} if set)",
+    )
+    p.add_argument("--model-name", help="the model name in responses (default: bundle dir name)")
+    p.add_argument(
+        "--pooling",
+        default=DEFAULT_POOLING,
+        help="mean (default: as sentence-transformers), cls, or pooled (the model's "
+        "pooled_output); /v1/embeddings then L2-normalizes, /embed when asked",
+    )
+    p.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        help="cut inputs over the model's max length instead of answering 413",
+    )
+    limits = p.add_argument_group("batching and limits")
+    for flag, kind, help_text in (
+        ("--max-batch-tokens", int, "padded tokens per model run"),
+        ("--max-batch-size", int, "texts per model run (1: one text per run, no batching)"),
+        ("--max-wait-ms", float, "how long a lone request waits for others to batch with"),
+        ("--max-queue", int, "requests waiting for the model before 429 + Retry-After"),
+        ("--max-inputs", int, "texts per request (413 above)"),
+        ("--max-input-chars", int, "characters per text (413 above)"),
+        ("--max-request-bytes", int, "request body size (413 above)"),
+        ("--shutdown-timeout", float, "seconds SIGTERM waits for in-flight requests"),
+    ):
+        field = flag[2:].replace("-", "_")
+        default = getattr(defaults, "shutdown_timeout_s" if field == "shutdown_timeout" else field)
+        limits.add_argument(flag, type=kind, default=default, help=f"{help_text} ({default})")
+    limits.add_argument(
+        "--run-overhead-tokens",
+        type=float,
+        help="a model run's fixed cost in padded tokens, for grouping texts by length into "
+        "runs (default: measured at start-up)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="onnxruntime threads per run (default: all cores but one, which is left to HTTP)",
+    )
+    p.add_argument(
+        "--providers", help="cpu (default), cuda, tensorrt, cuda:1, or a comma-separated list"
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--access-log", action="store_true", help="log every request (slows serving)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fastelectra.bundle import load_bundle
+    from fastelectra.serve.app import create_app
+    from fastelectra.serve.config import Limits, ServeConfig
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    bundle = Path(args.bundle)
+    load_bundle(bundle, verify_hashes=False)  # a wrong path fails here, before the port opens
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if api_key is None and not _is_loopback(args.host):
+        log.warning(
+            "serving on %s without an API key: anyone who can reach it may use it", args.host
+        )
+    providers: str | list[str] | None = args.providers
+    if providers and "," in providers:
+        providers = providers.split(",")
+    config = ServeConfig(
+        bundle=bundle,
+        model_name=args.model_name or bundle.resolve().name,
+        pooling=args.pooling,
+        auto_truncate=args.auto_truncate,
+        run_overhead_tokens=args.run_overhead_tokens,
+        api_key=api_key,
+        providers=providers,
+        threads=args.threads,
+        limits=Limits(
+            max_inputs=args.max_inputs,
+            max_input_chars=args.max_input_chars,
+            max_request_bytes=args.max_request_bytes,
+            max_batch_tokens=args.max_batch_tokens,
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
+            shutdown_timeout_s=args.shutdown_timeout,
+        ),
+    )
+
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(message: str) -> None:
+        failure.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config, on_fatal=on_fatal),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            timeout_graceful_shutdown=config.limits.shutdown_timeout_s,
+        )
+    )
+    # uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal to whatever
+    # handler was installed before it; with Python's defaults the process would then die of
+    # the signal (exit -15) after a clean drain. Handlers that do nothing make it exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _after_graceful_shutdown)
+    server.run()
+    if failure:
+        print(f"fastelectra serve: error: {failure[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
+    log.info("stopped by %s", signal.Signals(signum).name)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+register_subcommand(
+    "serve", "serve a bundle over HTTP (OpenAI and TEI embedding APIs)", configure, run
+)
