@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import ipaddress
 import json
 import os
 import platform
@@ -406,13 +405,9 @@ def batch_figures(before: dict[str, float], after: dict[str, float]) -> dict[str
 
 
 def is_loopback_url(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from fastelectra.serve.cli import is_loopback
+
+    return is_loopback(urlparse(url).hostname or "")
 
 
 def bundle_summary(bundle: Path) -> dict[str, object]:

@@ -184,6 +184,14 @@ def test_round_robin_rotates_and_gives_every_run_the_same_count():
     assert calls == list("abcbcacababc")
 
 
+def test_round_robin_turns_settle_then_time_a_block():
+    calls: list[str] = []
+    runs = [lambda n=n: calls.append(n) or n for n in "ab"]
+    samples, _ = round_robin(runs, duration=0.0, min_rounds=2, settle=1, block=2)
+    assert [len(s) for s in samples] == [4, 4]  # settling runs are not timed
+    assert calls == list("aaabbbbbbaaa")
+
+
 def test_default_out_names_the_shared_prefix():
     out = default_out(["minilm-fp32", "minilm-int8-dynamic"])
     assert out.name == "bench-minilm" and out.parts[:2] == ("benchmarks", "results")

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle)
     load_bundle(bundle, verify_hashes=False)  # a wrong path fails here, before the port opens
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    if api_key is None and not _is_loopback(args.host):
+    if api_key is None and not is_loopback(args.host):
         log.warning(
             "serving on %s without an API key: anyone who can reach it may use it", args.host
         )
@@ -152,7 +152,8 @@ def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
     log.info("stopped by %s", signal.Signals(signum).name)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
