@@ -498,6 +498,30 @@ def test_batcher_merges_concurrent_requests_and_splits_results_back():
         np.testing.assert_array_equal(result, expected(*request))
 
 
+def test_a_lone_client_does_not_pay_the_wait():
+    """Requests further apart than max_wait run at once instead of waiting for company."""
+    model = RecordingModel()
+    wait_s = 1.0
+
+    async def scenario() -> list[float]:
+        batcher = make_batcher(model, max_wait_s=wait_s)
+        batcher.start()
+        took = []
+        for i in range(3):  # one client, a request every 1.5 s: nobody to wait for
+            started = time.perf_counter()
+            await batcher.embed([encoding(i)])
+            took.append(time.perf_counter() - started)
+            await asyncio.sleep(1.5 * wait_s)
+        # Requests close together still share a run.
+        await asyncio.gather(*(batcher.embed([encoding(j)]) for j in range(8)))
+        await batcher.close()
+        return took
+
+    took = asyncio.run(scenario())
+    assert max(took) < wait_s / 2, took  # a trivial model: waiting would take >= 1 s each
+    assert [len(run) for run in model.runs] == [1, 1, 1, 8]
+
+
 def test_batcher_units_are_capped_by_rows_and_tokens():
     model = RecordingModel()
     long_request = [encoding(*range(60))]  # with four 1-token requests: 64 tokens, the cap

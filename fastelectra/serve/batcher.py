@@ -5,7 +5,10 @@ collector task on the event loop takes a *unit* of whole requests from the head 
 as many as fit one batch (`max_batch_size` texts, `max_batch_tokens` tokens); a request larger
 than that forms a unit alone. While the model runs, new requests queue up, so under load each
 unit is full without waiting. Only when the queue holds less than a batch does the collector
-wait for company, at most `max_wait_s` counted from the oldest request's arrival.
+wait for company, at most `max_wait_s` counted from the oldest request's arrival, and only
+while requests have recently been arriving faster than one per `max_wait_s` (a moving average
+of the gaps): a lone client's request, with nobody to wait for, runs at once instead of
+paying the wait on every call.
 
 The runner decides how a unit's texts are cut into model runs (`planner.plan_runs`: by length,
 so that short texts are not padded to a long one's length). Each run is one trip to a single
@@ -43,6 +46,8 @@ ModelRunner = Callable[[Sequence[Encoding]], Iterable[RunResult]]
 
 # Weight of the newest unit in the moving average of throughput behind Retry-After.
 RATE_SMOOTHING = 0.2
+# Weight of the newest gap in the moving average of arrival gaps.
+ARRIVAL_SMOOTHING = 0.2
 
 
 class QueueFull(Exception):
@@ -114,6 +119,9 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._rows_per_second: float | None = None
+        # Moving average of the gap between arrivals: is company likely within max_wait_s?
+        self._last_arrival: float | None = None
+        self._arrival_gap_s = math.inf
 
     @property
     def waiting(self) -> int:
@@ -140,10 +148,18 @@ class Batcher:
             raise QueueFull(self.max_queue, self.retry_after_s())
         loop = asyncio.get_running_loop()
         request = _Request(list(encodings), loop.create_future(), time.perf_counter())
+        self._note_arrival(request.queued_at)
         self._waiting.append(request)
         self._report_queue()
         self._arrived.set()
         return await request.future
+
+    def _note_arrival(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            previous = self._arrival_gap_s if math.isfinite(self._arrival_gap_s) else gap
+            self._arrival_gap_s = ARRIVAL_SMOOTHING * gap + (1 - ARRIVAL_SMOOTHING) * previous
+        self._last_arrival = now
 
     def retry_after_s(self) -> int:
         """Whole seconds until the queue has drained, at the recent rate (at least 1)."""
@@ -187,6 +203,8 @@ class Batcher:
 
     async def _wait_for_company(self) -> None:
         """Until the queue fills a batch, or the oldest request has waited `max_wait_s`."""
+        if self._arrival_gap_s > self.max_wait_s:
+            return  # requests arrive further apart than the wait: company is unlikely
         deadline = self._waiting[0].queued_at + self.max_wait_s
         while not self._closing and self._batch_has_room():
             remaining = deadline - time.perf_counter()
