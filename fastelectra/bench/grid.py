@@ -29,7 +29,8 @@ def cell_result(
         "latency_ms": stats,
         "throughput": throughput(cell, seconds),
         "gflop": round(flops.total / 1e9, 4),
-        "floor_ms": None if floor is None else round(floor * 1000, 4),
+        # Significant digits, not decimals: a tiny model's floor is a few microseconds.
+        "floor_ms": None if floor is None else float(f"{floor * 1000:.6g}"),
         "floor_basis": basis,
         "measured_over_floor": None if floor is None else round(stats["p50"] / (floor * 1000), 3),
     }
