@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import itertools
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from fastelectra.cli import register_subcommand
+from fastelectra.runtime.lines import read_line_chunks
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,7 +42,6 @@ CHUNK_LINES = 4096
 OUTPUT_FORMATS = (".npy", ".jsonl")
 PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
 STDIO = "-"
-UTF8_BOM = b"\xef\xbb\xbf"
 # Matches the warning `Encoder._tokenize` gives for truncated texts, so that one summary
 # replaces one warning per chunk. tests/test_embed_cli.py checks the two stay in step.
 TRUNCATION_WARNING = re.compile(r"^(\d+) of \d+ texts were longer than max_length")
@@ -193,8 +192,12 @@ def embed_lines(args: argparse.Namespace) -> int:
         with progress_bar(total, args.quiet) as bar:
             truncated = 0
             other_warnings: dict[str, warnings.WarningMessage] = {}
-            for start, texts in read_chunks(
-                source, input_name, args.chunk_lines, args.errors or "strict"
+            for start, texts in read_line_chunks(
+                source,
+                input_name,
+                args.chunk_lines,
+                args.errors or "strict",
+                hint="fix the input or pass --errors replace",
             ):
                 with warnings.catch_warnings(record=True) as caught:
                     # Every chunk's truncation warning, even from the same line of code.
@@ -273,33 +276,6 @@ def open_input(path: str) -> Iterator[BinaryIO]:
         raise OSError(f"{path}: cannot read input ({e.strerror})") from e
     with stream:
         yield stream
-
-
-def read_chunks(
-    stream: BinaryIO, name: str, chunk_lines: int, errors: str = "strict"
-) -> Iterator[tuple[int, list[str]]]:
-    """``(index of the chunk's first line, its texts)`` for each `chunk_lines` lines."""
-    start = 0
-    while raw := list(itertools.islice(stream, chunk_lines)):
-        texts = [decode_line(line, start + i + 1, name, errors) for i, line in enumerate(raw)]
-        yield start, texts
-        start += len(texts)
-
-
-def decode_line(line: bytes, number: int, name: str, errors: str = "strict") -> str:
-    """One line as text: without its line ending (LF or CRLF), and the first line without a
-    UTF-8 byte-order mark (editors add one; it is no part of the text)."""
-    if line.endswith(b"\n"):
-        line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-    if number == 1 and line.startswith(UTF8_BOM):
-        line = line[len(UTF8_BOM) :]
-    try:
-        return line.decode("utf-8", errors)
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{name}: line {number} is not valid UTF-8 ({e.reason} at byte {e.start + 1} of the "
-            "line); fix the input or pass --errors replace"
-        ) from None
 
 
 def count_lines(path: str) -> int | None:

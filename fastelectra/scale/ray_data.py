@@ -12,7 +12,6 @@ for row and is written atomically (a temporary file renamed into place).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import tempfile
@@ -25,13 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastelectra.runtime.encoder import POOLINGS
+from fastelectra.runtime.lines import read_line_chunks
 
 if TYPE_CHECKING:
     import ray.data
 
 EMBEDDING_COLUMN = "embedding"
 PARQUET_SUFFIXES = (".parquet", ".pq")
-UTF8_BOM = b"\xef\xbb\xbf"
 # Lines per object a text file is put into Ray as: enough that per-object overhead does not
 # matter, few enough that the driver holds little of the file at a time. The pipeline cuts
 # them into batch_size rows for the actors.
@@ -188,28 +187,10 @@ def read_corpus(input_path: str, text_column: str) -> ray.data.Dataset:
 def read_text_blocks(
     path: Path, text_column: str, rows_per_block: int = TEXT_BLOCK_ROWS
 ) -> Iterator[pa.Table]:
-    """The file's lines as tables of one string column: split on "\\n" alone, without their
-    line ending (LF or CRLF) and the first without a UTF-8 byte-order mark; an empty line is
-    an empty text. Invalid UTF-8 fails, naming the line."""
-    number = 0
+    """The file's lines (`fastelectra.runtime.lines`) as tables of one string column."""
     with open(path, "rb") as stream:
-        while raw := list(itertools.islice(stream, rows_per_block)):
-            texts = [decode_line(line, number + i + 1, path) for i, line in enumerate(raw)]
-            number += len(raw)
+        for _, texts in read_line_chunks(stream, str(path), rows_per_block):
             yield pa.table({text_column: pa.array(texts, pa.string())})
-
-
-def decode_line(line: bytes, number: int, path: Path) -> str:
-    if line.endswith(b"\n"):
-        line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-    if number == 1:
-        line = line.removeprefix(UTF8_BOM)
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path}: line {number} is not valid UTF-8 ({e.reason} at byte {e.start + 1})"
-        ) from None
 
 
 def is_parquet(path: Path) -> bool:
