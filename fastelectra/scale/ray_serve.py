@@ -22,7 +22,6 @@ share model runs, and one large request is spread over several runs of `max_batc
 # No `from __future__ import annotations`: FastAPI reads the route's parameter types at run
 # time, and Serve's class-based view cannot resolve them from strings.
 import asyncio
-import base64
 import math
 import os
 from pathlib import Path
@@ -35,28 +34,12 @@ from ray import serve
 
 from fastelectra.runtime.encoder import POOLINGS
 from fastelectra.runtime.tokenizer import check_texts
+from fastelectra.serve.schemas import OpenAIEmbeddingRequest, openai_embeddings
 
 if TYPE_CHECKING:
     from ray.serve import Application
 
 api = FastAPI(title="fastelectra on Ray Serve")
-
-
-class EmbeddingRequest(BaseModel):
-    """OpenAI's /v1/embeddings request; `model` is accepted and ignored (one model here)."""
-
-    input: str | list[str]
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: PositiveInt | None = None
-    user: str | None = None
-
-
-def encode_vector(vector: np.ndarray, request: EmbeddingRequest) -> list[float] | str:
-    """As OpenAI does: a list of floats, or little-endian float32 bytes in base64."""
-    if request.encoding_format == "base64":
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
 
 
 # Serve pickles the class when it is decorated: whatever its methods use must be defined
@@ -132,8 +115,8 @@ class EncoderDeployment:
         }
 
     @api.post("/v1/embeddings")
-    async def embeddings(self, request: EmbeddingRequest) -> dict[str, Any]:
-        texts = [request.input] if isinstance(request.input, str) else request.input
+    async def embeddings(self, request: OpenAIEmbeddingRequest) -> dict[str, Any]:
+        texts = request.texts()
         if not texts:
             raise HTTPException(400, "input must not be empty")
         if len(texts) > self._max_inputs:
@@ -162,8 +145,8 @@ class EncoderDeployment:
         return {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": encode_vector(v, request)}
-                for i, v in enumerate(vectors)
+                {"object": "embedding", "index": i, "embedding": embedding}
+                for i, embedding in enumerate(openai_embeddings(vectors, request.encoding_format))
             ],
             "model": self._model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},

@@ -11,7 +11,6 @@ then drains the batcher.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -30,7 +29,7 @@ from fastelectra.serve.config import ServeConfig
 from fastelectra.serve.errors import ApiError, error_body
 from fastelectra.serve.metrics import ServerMetrics
 from fastelectra.serve.middleware import BearerAuth, BodyLimit, RequestMetrics
-from fastelectra.serve.schemas import OpenAIEmbeddingRequest, TEIEmbedRequest
+from fastelectra.serve.schemas import OpenAIEmbeddingRequest, TEIEmbedRequest, openai_embeddings
 from fastelectra.serve.service import EmbeddingService
 
 log = logging.getLogger("fastelectra.serve")
@@ -130,12 +129,7 @@ def openai_payload(
     """OpenAI's embeddings response: unit vectors, as float lists or base64 little-endian f32."""
     if dimensions is not None:
         vectors = vectors[:, :dimensions]
-    vectors = l2_normalize(vectors)
-    if encoding_format == "base64":
-        little_endian = vectors.astype("<f4")
-        embeddings: list[Any] = [base64.b64encode(row.tobytes()).decode() for row in little_endian]
-    else:
-        embeddings = vectors.tolist()
+    embeddings = openai_embeddings(l2_normalize(vectors), encoding_format)
     data = [
         {"object": "embedding", "index": i, "embedding": embedding}
         for i, embedding in enumerate(embeddings)

@@ -1,9 +1,12 @@
-"""Request bodies: OpenAI's embeddings API and text-embeddings-inference's /embed."""
+"""Request bodies of OpenAI's embeddings API and text-embeddings-inference's /embed, and how
+OpenAI encodes the vectors of a response (shared with `fastelectra.scale.ray_serve`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import base64
+from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -36,3 +39,12 @@ class TEIEmbedRequest(BaseModel):
 
     def texts(self) -> list[str]:
         return [self.inputs] if isinstance(self.inputs, str) else self.inputs
+
+
+def openai_embeddings(vectors: np.ndarray, encoding_format: str) -> list[Any]:
+    """One `embedding` value per row, as OpenAI sends it: a list of floats, or the row's
+    little-endian float32 bytes in base64."""
+    if encoding_format == "base64":
+        little_endian = vectors.astype("<f4")
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in little_endian]
+    return vectors.tolist()
