@@ -26,6 +26,12 @@ def read_calibration_texts(path: str | Path | None) -> list[str]:
     return [a if b is None else f"{a}\t{b}" for a, b in read_texts(path)]
 
 
+def split_pair(text: str) -> tuple[str, str | None]:
+    """A calibration line as `(text, pair)`: a TAB separates the two texts of a pair."""
+    first, tab, second = text.partition("\t")
+    return first, second if tab else None
+
+
 class TextCalibrationReader:
     """An onnxruntime `CalibrationDataReader` over text: one right-padded batch per call.
 
@@ -66,10 +72,8 @@ class TextCalibrationReader:
         for batch in range(first, last):
             start = batch * self.batch_size
             chunk = self.texts[start : start + self.batch_size]
-            firsts = [t.split("\t", 1)[0] for t in chunk]
-            seconds = [t.split("\t", 1)[1] if "\t" in t else None for t in chunk]
             encodings = []
-            for first, second in zip(firsts, seconds, strict=True):
+            for first, second in map(split_pair, chunk):
                 pairs = None if second is None else [second]
                 encodings += self.tokenizer.encode([first], pairs=pairs, max_length=self.max_length)
             ids, mask, segments = pad_batch(encodings)

@@ -80,7 +80,7 @@ class StaticInt8(Int8Quantizer):
         # inference knows the contrib ops.
         self.src = typed_copy(src, self.work / "typed.onnx")
 
-    def quantize(self, fp32_nodes: list[str]) -> None:
+    def _write(self, fp32_nodes: list[str]) -> None:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         first = not self.cache.exists()
@@ -118,7 +118,7 @@ class StaticInt8(Int8Quantizer):
         from fastelectra.convert.int8_search import fake_quant_static
 
         if not self.cache.exists():
-            self.quantize([])
+            self.quantize([])  # calibrates; the search's first candidate, so never redone
         ranges = {
             name: (float(np.min(data.range_value[0])), float(np.max(data.range_value[1])))
             for name, data in load_tensors_data(self.cache).data.items()

@@ -75,7 +75,6 @@ def convert_precision(
         search = tune_int8(
             quantizer,
             fused,
-            dst,
             tokenizer_path=tokenizer_path,
             texts=calibration_texts,
             max_length=max_length,
@@ -91,7 +90,6 @@ def convert_precision(
 def tune_int8(
     quantizer: Int8Quantizer,
     fused: Path,
-    dst: Path,
     *,
     tokenizer_path: Path,
     texts: str | Path | None,
@@ -100,7 +98,7 @@ def tune_int8(
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Rank nodes on calibration text, then search how many must stay FP32 (int8_search)."""
-    from fastelectra.calibration.feeds import read_calibration_texts
+    from fastelectra.calibration.feeds import read_calibration_texts, split_pair
     from fastelectra.convert.build import encode_texts
     from fastelectra.convert.int8_search import (
         CHECK_TEXTS,
@@ -113,9 +111,7 @@ def tune_int8(
     )
     from fastelectra.convert.verify import THRESHOLDS, onnx_runner, verify
 
-    corpus = [
-        (a, b or None) for a, _, b in (t.partition("\t") for t in read_calibration_texts(texts))
-    ]
+    corpus = [split_pair(text) for text in read_calibration_texts(texts)]
     encodings = encode_texts(tokenizer_path, corpus, max_length)
     ranked = node_sensitivity(
         fused,
@@ -127,7 +123,7 @@ def tune_int8(
     reference = onnx_runner(fused)
 
     def evaluate() -> dict[str, Any]:
-        return verify(reference, onnx_runner(dst), check, precision)
+        return verify(reference, onnx_runner(quantizer.dst), check, precision)
 
     return search_fp32_nodes(
         ranked, quantizer.quantize, evaluate, tightened(THRESHOLDS[precision]), progress
@@ -148,11 +144,20 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
 
 
 class Int8Quantizer(abc.ABC):
-    """Writes its model again for each set of nodes kept FP32 (the search tries several); a
+    """Writes `dst` again for each set of nodes kept FP32 (the search tries several); a
     context manager so that per-model state (the static calibration cache) is cleaned up."""
 
+    dst: Path
+    _written: list[str] | None = None
+
+    def quantize(self, fp32_nodes: list[str]) -> None:
+        """Write `dst` with `fp32_nodes` left FP32, unless that is what it already holds."""
+        if self._written != list(fp32_nodes):
+            self._write(fp32_nodes)
+            self._written = list(fp32_nodes)
+
     @abc.abstractmethod
-    def quantize(self, fp32_nodes: list[str]) -> None: ...
+    def _write(self, fp32_nodes: list[str]) -> None: ...
 
     @abc.abstractmethod
     def metadata(self) -> dict[str, Any]: ...
@@ -174,7 +179,7 @@ class DynamicInt8(Int8Quantizer):
     def __init__(self, src: Path, dst: Path) -> None:
         self.src, self.dst = src, dst
 
-    def quantize(self, fp32_nodes: list[str]) -> None:
+    def _write(self, fp32_nodes: list[str]) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(
