@@ -259,10 +259,7 @@ class Encoder:
         `Encoding.truncated` says which texts were cut, so the caller decides whether that is
         an error; `len(encoding)` is the exact token count. Feed the result to `run_batches`.
         """
-        texts = check_texts(texts)
-        if not texts:
-            return []
-        return self._tokenizer.encode([self._clip(t) for t in texts], max_length=self.max_length)
+        return self._encode(check_texts(texts), None)
 
     def run_batches(
         self,
@@ -291,11 +288,7 @@ class Encoder:
             yield batch, np.asarray(pooled, np.float32), np.asarray(sequence, np.float32)
 
     def _tokenize(self, texts: list[str], pairs: list[str] | None, long: str) -> list[Encoding]:
-        if not texts:
-            return []
-        clipped = [self._clip(t) for t in texts]
-        clipped_pairs = None if pairs is None else [self._clip(t) for t in pairs]
-        encodings = self._tokenizer.encode(clipped, clipped_pairs, max_length=self.max_length)
+        encodings = self._encode(texts, pairs)
         cut = [i for i, e in enumerate(encodings) if e.truncated]
         if cut and long == "error":
             shown = ", ".join(map(str, cut[:10])) + (", ..." if len(cut) > 10 else "")
@@ -313,6 +306,13 @@ class Encoder:
                 stacklevel=external_stacklevel(),
             )
         return encodings
+
+    def _encode(self, texts: list[str], pairs: list[str] | None) -> list[Encoding]:
+        if not texts:
+            return []
+        clipped = [self._clip(t) for t in texts]
+        clipped_pairs = None if pairs is None else [self._clip(t) for t in pairs]
+        return self._tokenizer.encode(clipped, clipped_pairs, max_length=self.max_length)
 
     def _clip(self, text: str) -> str:
         """A prefix of `text` that tokenizes to the same first `max_length` tokens.
