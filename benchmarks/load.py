@@ -34,7 +34,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -44,6 +43,9 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
+# Versions recorded with the results: the runtime and the serving stack.
+SERVING_LIBRARIES = ("fastelectra", "onnxruntime", "tokenizers", "numpy", "fastapi", "starlette",
+                     "uvicorn", "httpx", "prometheus-client")  # fmt: skip
 TRAFFIC_MIX = ROOT / "fastelectra" / "data" / "traffic_mix.txt"
 MODES = {"batched": [], "unbatched": ["--max-batch-size", "1", "--max-wait-ms", "0"]}
 # A vector further than this from the direct `Encoder.embed` result counts as a mismatch:
@@ -421,39 +423,24 @@ def bundle_summary(bundle: Path) -> dict[str, object]:
 
 
 def machine() -> dict[str, object]:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return {
-        "host": platform.node(),
-        "arch": platform.machine(),
-        "cpu": model,
-        "cpus": len(os.sched_getaffinity(0)),
+    from fastelectra.bench.machine import machine_info
+
+    return machine_info() | {
         "load_average_at_end": os.getloadavg(),
         "note": "client and server share these cores",
     }
 
 
 def versions() -> dict[str, str]:
-    names = ("fastelectra", "onnxruntime", "tokenizers", "numpy", "fastapi", "starlette",
-             "uvicorn", "httpx", "prometheus-client")  # fmt: skip
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "missing"
-    return found
+    from fastelectra.bench.machine import library_versions
+
+    return library_versions(SERVING_LIBRARIES)
 
 
-def commit() -> dict[str, object]:
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip()
+def commit() -> dict[str, object] | None:
+    from fastelectra.bench.machine import git_commit
 
-    return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    return git_commit(ROOT)
 
 
 if __name__ == "__main__":

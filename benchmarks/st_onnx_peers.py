@@ -70,6 +70,8 @@ def load_peers(threads: int) -> dict[str, object]:
 
 def accuracy(out: Path, bundles: list[str], texts: list[str], max_length: int) -> int:
     """Cosine of every saved peer's and every bundle's vectors to the first bundle's."""
+    from fastelectra.bench.texts import cosine_to
+    from fastelectra.convert.verify import THRESHOLDS
     from fastelectra.runtime import Encoder
 
     def embed(bundle: str) -> np.ndarray:
@@ -81,18 +83,16 @@ def accuracy(out: Path, bundles: list[str], texts: list[str], max_length: int) -
     candidates |= {p.stem: np.load(p) for p in sorted(out.glob("*.npy"))}
     figures = {}
     for name, vectors in candidates.items():
-        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        cosine = (reference * vectors).sum(axis=1)
-        figures[name] = {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min())}
+        figures[name] = cosine_to(reference, vectors / np.linalg.norm(vectors, axis=1)[:, None])
         print(
-            f"{name:28s} cosine to {Path(bundles[0]).name}: mean {cosine.mean():.5f} "
-            f"min {cosine.min():.5f}"
+            f"{name:28s} cosine to {Path(bundles[0]).name}: mean "
+            f"{figures[name]['mean_cosine']:.5f} min {figures[name]['min_cosine']:.5f}"
         )
     report = {
         "reference": bundles[0],
         "texts": len(texts),
         "max_length": max_length,
-        "int8_gate": {"mean_cosine": 0.995, "min_cosine": 0.98},
+        "int8_gate": THRESHOLDS["int8-dynamic"]["mean_pooled_sequence"],
         "cosine": figures,
     }
     (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,10 @@ def memory_total_gib(path: Path = Path("/proc/meminfo")) -> float | None:
     return None
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
+    """The installed version of each of `names` (those not installed are left out)."""
     versions = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
