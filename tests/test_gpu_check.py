@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -205,8 +206,18 @@ def test_missing_and_damaged_parts_are_named(payload, tmp_path):
 
 def test_plan_carries_every_part_once_within_the_call_limit(payload):
     env, _, parts = payload
-    # 4 MiB calls beside this repository's working tree: about one 1 MiB part each.
-    done = run_script(GPU_WHEEL_SH, "plan", env={**env, "FASTELECTRA_GPU_CALL_MIB": "4"})
+    # Calls just big enough for the working tree (as the plan measures it), a MiB of slack and
+    # about one 1 MiB part each, however big the tree has grown.
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    paths = [ROOT / os.fsdecode(name) for name in listed if name]
+    tree = sum(p.stat().st_size for p in paths if p.is_file())
+    call_mib = math.ceil(tree / 2**20) + 3
+    done = run_script(GPU_WHEEL_SH, "plan", env={**env, "FASTELECTRA_GPU_CALL_MIB": str(call_mib)})
     assert done.returncode == 0, done.stderr
     calls = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     carried = [Path(p).name for call in calls for p in call["carry"] if ".part" in p]

@@ -165,19 +165,11 @@ def tensorflow_runner(source: Any) -> Runner:
 
 
 def onnx_runner(model_path: Path, threads: int | None = None) -> Runner:
-    import onnxruntime as ort
+    """The model as the runtime serves it on CPU (`EncoderSession`): what is verified is what runs."""
+    from fastelectra.runtime.providers import plan_execution
+    from fastelectra.runtime.session import EncoderSession
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-
-    def run(ids, mask, segments):
-        feed = {"input_word_ids": ids, "input_mask": mask, "segment_ids": segments}
-        pooled, sequence = session.run(list(OUTPUT_NAMES), feed)
-        return pooled, sequence
-
-    return run
+    return EncoderSession(model_path, plan_execution("cpu", threads)).run
 
 
 def batches(encodings: Sequence[Any], batch_size: int) -> Iterable[tuple[np.ndarray, ...]]:

@@ -70,6 +70,8 @@ class ExecutionPlan:
     max_batch: int | None = None
     # Directories the session must create before onnxruntime writes caches into them.
     cache_dirs: tuple[str, ...] = field(default_factory=tuple)
+    # CPU only: run SkipLayerNormalization as Add + LayerNormalization (see `cpu_view`).
+    split_skip_layernorm: bool = True
 
     @property
     def device(self) -> str:

@@ -4,6 +4,9 @@ On a GPU the inputs are bound with IO binding: onnxruntime then copies each inpu
 once, writes outputs into device memory it allocates itself and copies them back once, instead of
 staging every tensor through extra host buffers.
 
+On the CPU provider the session loads `cpu_view`'s rewrite of the model rather than the file
+as it is: weights are read in place, and SkipLayerNormalization runs as Add + LayerNormalization.
+
 `run` is thread-safe (`InferenceSession.run` is, and each call builds its own IO binding), so one
 session serves many threads.
 """
@@ -19,6 +22,8 @@ import numpy as np
 import onnxruntime as ort
 
 from fastelectra.bundle import INPUT_NAMES, OUTPUT_NAMES, BundleError
+from fastelectra.runtime.cpu_view import EXTERNAL_FOLDER_KEY, SKIP_LAYERNORM_FUSION, cpu_view
+from fastelectra.runtime.protowire import WireError
 from fastelectra.runtime.providers import ExecutionPlan, external_stacklevel, plan_execution
 
 _ORT_TYPES = {"int32": "tensor(int32)", "int64": "tensor(int64)"}
@@ -47,12 +52,30 @@ class EncoderSession:
             raise BundleError(f"{self.model_path}: model file is missing")
         for directory in self.plan.cache_dirs:
             Path(directory).mkdir(parents=True, exist_ok=True)
+        options = self.plan.session_options()
+        model: str | bytes = str(self.model_path)
+        disabled: list[str] = []
+        # SkipLayerNormalization nodes this session runs as Add + LayerNormalization (CPU).
+        self.split_skip_layernorms = 0
+        if self.plan.device == "cpu":
+            try:
+                view = cpu_view(self.model_path, self.plan.split_skip_layernorm)
+            except (WireError, UnicodeDecodeError) as e:
+                raise BundleError(
+                    f"{self.model_path}: not a readable ONNX model (truncated or damaged?): {e}"
+                ) from e
+            model = view.model
+            options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(view.folder))
+            self.split_skip_layernorms = view.split_skip_layernorms
+            if self.plan.split_skip_layernorm:
+                disabled.append(SKIP_LAYERNORM_FUSION)
         try:
             self._session = ort.InferenceSession(
-                str(self.model_path),
-                sess_options=self.plan.session_options(),
+                model,
+                sess_options=options,
                 providers=list(self.plan.providers),
                 provider_options=[dict(o) for o in self.plan.provider_options],
+                disabled_optimizers=disabled,
             )
         except Exception as e:  # onnxruntime's errors share no base class but Exception
             raise BundleError(
