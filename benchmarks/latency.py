@@ -6,7 +6,11 @@
 `fastelectra bench` with one more variant: the unfused ONNX export of the source (tf2onnx's
 graph before `fuse`), which is no bundle and so cannot be passed as one. The source is loaded
 once, for the export and as the TensorFlow variant; the export lives in a temporary folder for
-the run. Takes every `fastelectra bench` option; the defaults here are the issue-3 cell
+the run. `--with-ort-skipln` adds each bundle once more with onnxruntime's own CPU
+SkipLayerNormalization kernel, which the runtime otherwise replaces (`runtime/cpu_view.py`);
+`--with-int8-gemm-chain` adds the source's INT8 weight products alone, chained as in the model
+(`fastelectra/bench/gemm_chain.py`): the INT8 bundle's lower bound with onnxruntime's kernels.
+Takes every `fastelectra bench` option; the defaults here are the issue-3 cell
 (batch 1, seq 128, 2 threads, 10 s per variant). Writes
 benchmarks/results/<date>-<host>/latency-<source>-b<batch>-s<seq>/ unless --out is given.
 """
@@ -29,6 +33,18 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.configure(parser)
+    parser.add_argument(
+        "--with-ort-skipln",
+        action="store_true",
+        help="also run each bundle with onnxruntime's CPU SkipLayerNorm kernel, as "
+        "<bundle>+ort-skipln (the runtime splits it into Add + LayerNormalization)",
+    )
+    parser.add_argument(
+        "--with-int8-gemm-chain",
+        action="store_true",
+        help="also time the source's INT8 weight products alone (fastelectra.bench.gemm_chain): "
+        "the INT8 bundle's lower bound with onnxruntime's kernels",
+    )
     parser.set_defaults(batch=[1], seq=[128], threads=2, duration=10.0)
     args = parser.parse_args(argv)
     if not args.source:
@@ -67,6 +83,27 @@ def main(argv: list[str] | None = None) -> int:
             ),
             tensorflow,
         ]
+        if args.with_int8_gemm_chain:
+            from fastelectra.bench.gemm_chain import NAME, write_weight_gemm_model
+
+            chain = write_weight_gemm_model(source.dimensions, Path(tmp) / "gemm_chain.onnx")
+            extra.append(
+                OnnxVariant.from_model(
+                    NAME,
+                    chain,
+                    "int8-dynamic",
+                    source.dimensions,
+                    cli.parse_providers(args.providers),
+                    args.threads,
+                )
+            )
+        if args.with_ort_skipln:
+            extra += [
+                OnnxVariant.from_bundle(
+                    path, cli.parse_providers(args.providers), args.threads, False
+                )
+                for path in args.bundles
+            ]
         args.source = None  # loaded above: the bench must not load it a second time
         # The memory runs reload each variant from its files, so they run inside this block.
         return cli.run(args, extra_variants=extra, command=command)

@@ -197,3 +197,40 @@ def test_default_out_names_the_shared_prefix():
     assert out.name == "bench-minilm" and out.parts[:2] == ("benchmarks", "results")
     assert default_out(["a-x-c", "a-y-c"]).name == "bench-a"
     assert default_out(["base-fp32", "electra-large-fp32"]).name == "bench-base-fp32"
+
+
+def test_int8_gemm_chain_is_the_weight_products_of_the_floor(tmp_path):
+    from fastelectra.bench.gemm_chain import weight_gemm_model, write_weight_gemm_model
+    from fastelectra.runtime.providers import plan_execution
+    from fastelectra.runtime.session import EncoderSession
+
+    dims = Dimensions(
+        layers=3,
+        hidden=32,
+        heads=4,
+        intermediate=64,
+        vocab_size=100,
+        max_positions=16,
+        type_vocab_size=2,
+    )
+    batch, seq = 2, 5
+    model = weight_gemm_model(dims)
+    weights = {t.name: t.dims for t in model.graph.initializer}
+    gemms = [n for n in model.graph.node if n.op_type == "DynamicQuantizeMatMul"]
+    assert len(gemms) == 4 * dims.layers + 1
+    assert len({n.input[1] for n in gemms}) == len(gemms)  # one matrix each, as in the model
+    ops = 0
+    for node in gemms:
+        k, n = weights[node.input[1]]
+        rows = batch if node.name == "pooler" else batch * seq
+        ops += 2 * rows * k * n
+    assert ops == cell_flops(dims, batch, seq).weight_products
+
+    session = EncoderSession(
+        write_weight_gemm_model(dims, tmp_path / "chain.onnx"), plan_execution("cpu", 1)
+    )
+    ids = np.random.default_rng(0).integers(0, dims.vocab_size, (batch, seq)).astype(np.int32)
+    pooled, sequence = session.run(ids, np.ones_like(ids), np.zeros_like(ids))
+    assert pooled.shape == (batch, dims.hidden) and sequence.shape == (batch, seq, dims.hidden)
+    # The scales keep activations in an ordinary range through every layer.
+    assert np.isfinite(sequence).all() and 0.1 < sequence.std() < 10

@@ -11,6 +11,7 @@ process (the memory measurement loads every variant in a fresh interpreter).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -86,20 +87,31 @@ class OnnxVariant(Variant):
 
     @classmethod
     def from_bundle(
-        cls, path: str | Path, providers: Providers = None, threads: int | None = None
+        cls,
+        path: str | Path,
+        providers: Providers = None,
+        threads: int | None = None,
+        split_skip_layernorm: bool = True,
     ) -> OnnxVariant:
+        """``split_skip_layernorm=False`` keeps onnxruntime's CPU SkipLayerNorm kernel (named
+        ``<bundle>+ort-skipln``), to measure what `cpu_view`'s split is worth."""
         started = time.perf_counter()
         bundle = load_bundle(path)
         meta = bundle.meta
+        plan = plan_for_bundle(bundle, providers, threads)
         session = EncoderSession(
             bundle.model_path,
-            plan_for_bundle(bundle, providers, threads),
+            dataclasses.replace(plan, split_skip_layernorm=split_skip_layernorm),
             inputs=meta.inputs,
             outputs=meta.outputs,
             input_dtype=meta.input_dtype,
         )
         spec = {"kind": "bundle", "path": str(path), "providers": providers, "threads": threads}
-        variant = cls(Path(path).name, session, meta.precision, meta.dimensions, spec, bundle)
+        name = Path(path).name
+        if not split_skip_layernorm:
+            spec["split_skip_layernorm"] = False
+            name += "+ort-skipln"
+        variant = cls(name, session, meta.precision, meta.dimensions, spec, bundle)
         variant.load_seconds = time.perf_counter() - started
         return variant
 
@@ -238,7 +250,12 @@ class TensorFlowVariant(Variant):
 def variant_from_spec(spec: dict[str, Any]) -> Variant:
     kind = spec["kind"]
     if kind == "bundle":
-        return OnnxVariant.from_bundle(spec["path"], spec.get("providers"), spec.get("threads"))
+        return OnnxVariant.from_bundle(
+            spec["path"],
+            spec.get("providers"),
+            spec.get("threads"),
+            spec.get("split_skip_layernorm", True),
+        )
     if kind == "model":
         return OnnxVariant.from_model(
             spec["name"],
