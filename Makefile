@@ -43,8 +43,10 @@ bench: bundles
 	for m in base electra-large; do \
 		$(PY) benchmarks/latency.py .cache/bundles/$$m-fp32 .cache/bundles/$$m-int8-dynamic \
 			.cache/bundles/$$m-int8-static --source $$m --batch 1 --seq 128 --threads 2 \
-			--duration 10 --out $(BENCH_OUT)/latency-$$m-b1-s128 || exit 1; \
+			--duration 10 --with-ort-skipln --with-int8-gemm-chain \
+			--out $(BENCH_OUT)/latency-$$m-b1-s128 || exit 1; \
 	done
+	$(PY) benchmarks/skip_layernorm.py --threads 2 --out $(BENCH_OUT)
 	$(VENV)/bin/fastelectra bench .cache/bundles/electra-large-fp32 \
 		.cache/bundles/electra-large-int8-dynamic --no-grid --traffic --batch 32 --threads 2 \
 		--duration 1 --warmup 0 --out $(BENCH_OUT)/bench-electra-large-traffic
