@@ -204,3 +204,14 @@ def test_varints_round_trip_and_truncation_is_caught():
         list(wire.fields(message[:-3]))
     with pytest.raises(wire.WireError):
         wire.read_varint(b"\x80\x80", 0)
+
+
+@pytest.mark.slow
+def test_verification_runs_the_served_graph(tiny_bundle):
+    # Build-time verification (and the INT8 search) must measure what the runtime serves.
+    from fastelectra.convert.verify import onnx_runner
+
+    bundle = load_bundle(tiny_bundle)
+    runner = onnx_runner(bundle.model_path, threads=1)
+    assert isinstance(runner.__self__, EncoderSession)
+    assert runner.__self__.split_skip_layernorms == 2 * bundle.meta.dimensions.layers
