@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     threads = configure_tensorflow_threads(args.threads)  # before TensorFlow starts
+    providers = cli.parse_providers(args.providers)
     source = load_source(resolve_source(args.source))
     tensorflow = TensorFlowVariant(source, args.source, threads)
     tensorflow.load_seconds = time.perf_counter() - started
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 unfused,
                 "fp32",
                 source.dimensions,
-                cli.parse_providers(args.providers),
+                providers,
                 args.threads,
             ),
             tensorflow,
@@ -93,15 +94,13 @@ def main(argv: list[str] | None = None) -> int:
                     chain,
                     "int8-dynamic",
                     source.dimensions,
-                    cli.parse_providers(args.providers),
+                    providers,
                     args.threads,
                 )
             )
         if args.with_ort_skipln:
             extra += [
-                OnnxVariant.from_bundle(
-                    path, cli.parse_providers(args.providers), args.threads, False
-                )
+                OnnxVariant.from_bundle(path, providers, args.threads, False)
                 for path in args.bundles
             ]
         args.source = None  # loaded above: the bench must not load it a second time
