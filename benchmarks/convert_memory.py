@@ -33,7 +33,7 @@ print(r.weights, r.weight_bytes)
     "fuse": """
 import sys
 from pathlib import Path
-from fastelectra.convert.reference import PRESETS
+from fastelectra.convert.presets import PRESETS
 from fastelectra.convert.fuse import fuse
 from fastelectra.bundle import Dimensions
 p = PRESETS[sys.argv[4]]
@@ -76,9 +76,9 @@ def main() -> int:
     parser.add_argument("--stages", default="export,fuse")
     args = parser.parse_args()
 
-    from fastelectra.convert.reference import reference_module
+    from fastelectra.convert.presets import preset_module
 
-    module = reference_module(args.preset)
+    module = preset_module(args.preset)
     results = {
         "preset": args.preset,
         "route": args.route,

@@ -76,6 +76,8 @@ class BundleMeta:
     input_dtype: str = "int32"
     opset: int = 17
     fused_ops: dict[str, int] = field(default_factory=dict)
+    # Graph rewrites before / after fusion: name -> {"count": n, "required": r}.
+    rewrites: dict[str, dict[str, int]] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("reference", help="build (or find cached) a reference module")
-    p.add_argument("preset", help="tiny, base, electra-large or minilm")
+    p.add_argument("preset", help="a preset: tiny, base, electra-large, minilm, tiny-2020, ...")
     p.add_argument("--tar-gz", action="store_true", help="the compressed TF Hub form")
 
     for name, fn in _EXTRA_PARSERS.items():
@@ -74,21 +74,10 @@ _EXTRA_PARSERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 _EXTRA_HELP: dict[str, str] = {}
 
 
-def resolve_source(source: str) -> str:
-    """A preset name (tiny, base, electra-large, minilm) stands for its cached reference module."""
-    from pathlib import Path
-
-    if not Path(source).exists():
-        from fastelectra.convert.reference import PRESETS, reference_module
-
-        if source in PRESETS:
-            return str(reference_module(source))
-    return source
-
-
 @command("build")
 def _build(args: argparse.Namespace) -> int:
     from fastelectra.convert.build import build
+    from fastelectra.convert.source import resolve_source
 
     build(
         resolve_source(args.source),
@@ -108,7 +97,7 @@ def _build(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from fastelectra.bundle import load_bundle
     from fastelectra.convert.build import verify_model
-    from fastelectra.convert.source import load_source
+    from fastelectra.convert.source import load_source, resolve_source
     from fastelectra.convert.verify import format_report
 
     bundle = load_bundle(args.bundle)
@@ -156,12 +145,12 @@ def _info(args: argparse.Namespace) -> int:
 
 @command("reference")
 def _reference(args: argparse.Namespace) -> int:
-    from fastelectra.convert.reference import PRESETS, reference_module
+    from fastelectra.convert.presets import PRESETS, preset_module
 
     if args.preset not in PRESETS:
         print(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}", file=sys.stderr)
         return 2
-    print(reference_module(args.preset, tar_gz=args.tar_gz))
+    print(preset_module(args.preset, tar_gz=args.tar_gz))
     return 0
 
 

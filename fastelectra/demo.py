@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32")
     args = parser.parse_args(argv)
 
-    from fastelectra.cli import resolve_source
     from fastelectra.convert.build import build
+    from fastelectra.convert.source import resolve_source
     from fastelectra.convert.verify import format_report
     from fastelectra.runtime import Encoder
 

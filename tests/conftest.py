@@ -15,16 +15,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @pytest.fixture(scope="session")
 def tiny_module() -> Path:
-    from fastelectra.convert.reference import reference_module
+    from fastelectra.convert.presets import preset_module
 
-    return reference_module("tiny")
+    return preset_module("tiny")
 
 
 @pytest.fixture(scope="session")
 def minilm_module() -> Path:
-    from fastelectra.convert.reference import reference_module
+    from fastelectra.convert.presets import preset_module
 
-    return reference_module("minilm")
+    return preset_module("minilm")
 
 
 @pytest.fixture(scope="session")

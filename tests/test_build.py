@@ -82,9 +82,9 @@ def test_failed_rebuild_keeps_the_existing_bundle(tiny_bundle, tmp_path, monkeyp
 
 
 def _module():
-    from fastelectra.convert.reference import reference_module
+    from fastelectra.convert.presets import preset_module
 
-    return reference_module("tiny")
+    return preset_module("tiny")
 
 
 def test_bad_verify_texts(tiny_module, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from fastelectra.convert.source import SourceError, load_source
 
 
-def test_reference_module_has_the_hub_format(tiny_module):
+def test_preset_module_has_the_hub_format(tiny_module):
     import tensorflow as tf
 
     obj = tf.saved_model.load(str(tiny_module))
@@ -25,7 +25,7 @@ def test_reference_module_has_the_hub_format(tiny_module):
     }
 
 
-def test_reference_module_loads_with_hub_keras_layer(tiny_module):
+def test_preset_module_loads_with_hub_keras_layer(tiny_module):
     import tensorflow as tf
     import tensorflow_hub as hub
 
@@ -45,9 +45,9 @@ def test_load_source_infers_dimensions(tiny_source):
 
 
 def test_tar_gz_module_gives_the_same_encoder(tiny_source):
-    from fastelectra.convert.reference import reference_module
+    from fastelectra.convert.presets import preset_module
 
-    archived = load_source(reference_module("tiny", tar_gz=True))
+    archived = load_source(preset_module("tiny", tar_gz=True))
     assert archived.dimensions == tiny_source.dimensions
     ids = np.array([[101, 7592, 102]], np.int32)
     a = tiny_source.call(ids, np.ones_like(ids), np.zeros_like(ids))

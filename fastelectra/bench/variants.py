@@ -226,8 +226,7 @@ class TensorFlowVariant(Variant):
         """Load `source` (path, hub handle or preset name) with TensorFlow limited to `threads`."""
         started = time.perf_counter()
         in_effect = configure_tensorflow_threads(threads)  # before the model loads
-        from fastelectra.cli import resolve_source
-        from fastelectra.convert.source import load_source
+        from fastelectra.convert.source import load_source, resolve_source
 
         variant = cls(load_source(resolve_source(source)), source, in_effect)
         variant.load_seconds = time.perf_counter() - started

@@ -162,6 +162,7 @@ def build(
                 do_lower_case=src.do_lower_case,
                 max_sequence_length=dims.max_positions,
                 fused_ops=fusion.counts,
+                rewrites=fusion.rewrites,
                 quantization=quantization,
                 tool_versions=tool_versions(),
             )

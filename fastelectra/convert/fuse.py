@@ -1,7 +1,8 @@
 """Fuse the exported graph into onnxruntime's transformer kernels, and prove it by counting.
 
-rewrite (small, weights not loaded) -> `optimize_model(model_type="bert_tf", opt_level=0)`
-(`opt_level=1` would import torch) -> Einsum output projection as MatMul. (Folding that MatMul's bias
+rewrite (small, weights not loaded; each rewrite checked against its required count) ->
+`optimize_model(model_type="bert_tf", opt_level=0)` (`opt_level=1` would import torch) ->
+Einsum output projection as MatMul (checked likewise). (Folding that MatMul's bias
 into SkipLayerNormalization was tried: onnxruntime's dynamic quantizer then emits a duplicate
 tensor definition, so the bias Add stays.) A build whose fused-op counts fall short of one EmbedLayerNormalization,
 one Attention, two SkipLayerNormalization and one Gelu-family op per layer fails loudly
@@ -19,7 +20,7 @@ from pathlib import Path
 import onnx
 
 from fastelectra.bundle import Dimensions
-from fastelectra.convert.rewrite import einsum_output_projection_to_matmul, rewrite_for_fusion
+from fastelectra.convert.rewrite import EinsumOutputProjection, rewrite_for_fusion
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class FusionError(RuntimeError):
 class FusionReport:
     counts: dict[str, int]
     expected: dict[str, int]
-    rewrites: dict[str, int] = field(default_factory=dict)
+    rewrites: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> count, required
 
     @property
     def complete(self) -> bool:
@@ -81,7 +82,7 @@ def fuse(src: Path, dst: Path, dims: Dimensions, allow_partial: bool = False) ->
     from onnxruntime.transformers.optimizer import optimize_model
 
     model = onnx.load(str(src), load_external_data=False)
-    rewrites = rewrite_for_fusion(model, dims.hidden, dims.max_positions)
+    rewrites = rewrite_for_fusion(model, dims)
     # Beside `src` so that the external-data references (relative paths) still resolve.
     rewritten = src.with_name(src.stem + ".rewritten.onnx")
     onnx.save(model, str(rewritten))
@@ -100,9 +101,13 @@ def fuse(src: Path, dst: Path, dims: Dimensions, allow_partial: bool = False) ->
             optimization_options=options,
             opt_level=0,
         )
-        rewrites["einsum_to_matmul"] = einsum_output_projection_to_matmul(optimized)
         optimized.prune_graph(allow_remove_graph_inputs=False)
     rewritten.unlink(missing_ok=True)
+    projection = EinsumOutputProjection(optimized, dims)
+    projection.apply()
+    if not allow_partial:
+        projection.check()
+    rewrites[projection.name] = {"count": projection.count, "required": projection.required}
 
     report = FusionReport(fused_counts(optimized.model), expected_counts(dims), rewrites)
     if not report.complete and not allow_partial:

