@@ -131,3 +131,57 @@ def test_savedmodel_that_is_not_an_encoder(tmp_path):
     tf.saved_model.save(Adder(), str(tmp_path / "adder"))
     with pytest.raises(SourceError, match="lacks vocab_file, do_lower_case"):
         load_source(tmp_path / "adder")
+
+
+def _keras_model_around_hub_layer(module, out, head: str | None = None):
+    """The model card's use: `hub.KerasLayer(..., trainable=True)` inside a Keras model, a
+    (simulated) fine-tuning step on its weights, then `model.save` as users do."""
+    import tensorflow as tf
+    import tensorflow_hub as hub
+    import tf_keras
+
+    names = ("input_word_ids", "input_mask", "segment_ids")
+    inputs = [tf_keras.layers.Input(shape=(None,), dtype=tf.int32, name=n) for n in names]
+    pooled, sequence = hub.KerasLayer(str(module), trainable=True)(inputs)
+    outputs = [pooled, sequence] if head is None else tf_keras.layers.Dense(2, name=head)(pooled)
+    model = tf_keras.Model(inputs, outputs)
+    rng = np.random.default_rng(3)
+    for var in model.trainable_variables:
+        var.assign_add(rng.normal(0, 0.01, var.shape).astype(np.float32))
+    model.save(str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_module_saved_by_keras_converts(tmp_path):
+    from fastelectra.convert.build import build
+    from fastelectra.convert.presets import preset_module
+
+    original = preset_module("tiny-2020")
+    saved = _keras_model_around_hub_layer(original, tmp_path / "fine-tuned")
+    src = load_source(saved)
+    assert src.convention == "legacy" and src.do_lower_case is True
+    assert src.vocab_file.read_text().splitlines()[101] == "[CLS]"  # found in the wrapped layer
+    assert src.dimensions == load_source(original).dimensions
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a fine-tuned encoder\nstill converts\tas a pair\n")
+    result = build(saved, tmp_path / "bundle", verify_texts=texts, progress=None)
+    assert result.verification["passed"]
+    assert result.meta.fused_ops["Attention"] == 2
+    # The fine-tuning step changed the weights: the bundle follows the saved model, not the
+    # module it started from.
+    ids = np.array([[101, 7592, 102]], np.int32)
+    tuned = src.call(ids, np.ones_like(ids), np.zeros_like(ids))[0].numpy()
+    base = load_source(original).call(ids, np.ones_like(ids), np.zeros_like(ids))[0].numpy()
+    assert np.abs(tuned - base).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_an_outer_model_with_other_outputs_is_named_in_the_error(tmp_path):
+    from fastelectra.convert.presets import preset_module
+
+    saved = _keras_model_around_hub_layer(
+        preset_module("tiny-2020"), tmp_path / "classifier", head="logits"
+    )
+    with pytest.raises(SourceError, match=r"outputs are not an encoder's.*found output 0 \[1, 2\]"):
+        load_source(saved)

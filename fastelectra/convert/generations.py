@@ -40,12 +40,44 @@ GENERATIONS: dict[str, Generation] = {
     g.name: g
     for g in (
         Generation(
+            "2020-05",
+            "2.2.0",
+            "bert.export_tfhub",
+            "TransformerEncoder on keras Network; list IO; einsums spelt 'btnh,bfnh->bnft'; "
+            "scale after QK; position Slice -> ExpandDims; mask (1 - ones*m) * -10000",
+        ),
+        Generation(
             "2020",
             "2.3.0",
             "bert.export_tfhub",
-            "TransformerEncoder; list IO [word_ids, mask, type_ids] -> [pooled, sequence]; "
-            "scale after QK; mask (1 - ones*m) * -10000; tanh GELU with Pow; one-hot type "
-            "embedding; the electra_large/1 form",
+            "the electra_large/1 form: TransformerEncoder; list IO [word_ids, mask, type_ids] "
+            "-> [pooled, sequence]; scale after QK; position StridedSlice -> BroadcastTo; "
+            "mask (1 - ones*m) * -10000",
+        ),
+        Generation(
+            "2021-01",
+            "2.4.0",
+            "bert.export_tfhub",
+            "BertEncoder; list IO; scale on the query; position Reshape(Slice) -> BroadcastTo; "
+            "mask * -1e9",
+        ),
+        Generation(
+            "2021-05",
+            "2.5.0",
+            "tools.export_tfhub_lib",
+            "first dict IO export (official/nlp/tools/export_tfhub_lib); graph as 2.4",
+        ),
+        Generation(
+            "2021-08",
+            "2.6.0",
+            "tools.export_tfhub_lib",
+            "dict IO; position slice reshaped before its broadcast; mask ones*m (2.6-2.9)",
+        ),
+        Generation(
+            "2026-02",
+            "2.20.0",
+            "tools.export_tfhub_lib",
+            "dict IO; mask BroadcastTo instead of ones*m (the form of 2.10-2.20)",
         ),
     )
 }

@@ -325,8 +325,8 @@ class AttentionScaleOnQuery(Rewrite):
             scaled = einsum.name + "_scaled_query"
             m.add_node(helper.make_node("Mul", [einsum.input[1], scale], [scaled], scaled))
             einsum.input[1] = scaled
-            m.replace_input_of_all_nodes(mul.output[0], einsum.output[0])
             m.remove_node(mul)
+            einsum.output[0] = mul.output[0]  # the scores keep their name for every reader
             self.found(einsum)
         return self.count
 

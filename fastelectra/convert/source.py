@@ -76,18 +76,29 @@ class EncoderSource:
 
 
 def outputs_by_rank(outputs: Any) -> tuple[Any, Any]:
-    values = list(outputs.values()) if isinstance(outputs, dict) else list(outputs)
-    if isinstance(outputs, dict) and "pooled_output" in outputs and "sequence_output" in outputs:
-        return outputs["pooled_output"], outputs["sequence_output"]
-    pooled = [v for v in values if getattr(v, "shape", None) is not None and v.shape.rank == 2]
-    sequence = [v for v in values if getattr(v, "shape", None) is not None and v.shape.rank == 3]
+    if isinstance(outputs, dict):
+        if "pooled_output" in outputs and "sequence_output" in outputs:
+            return outputs["pooled_output"], outputs["sequence_output"]
+        named = list(outputs.items())
+    elif isinstance(outputs, list | tuple):
+        named = [(f"output {i}", v) for i, v in enumerate(outputs)]
+    else:  # one tensor, e.g. a classifier's logits
+        named = [("output 0", outputs)]
+    ranks = {name: getattr(getattr(v, "shape", None), "rank", None) for name, v in named}
+    pooled = [v for name, v in named if ranks[name] == 2]
+    sequence = [v for name, v in named if ranks[name] == 3]
     if len(pooled) != 1 or len(sequence) != 1:
-        shapes = [getattr(v, "shape", type(v).__name__) for v in values]
+        found = ", ".join(f"{name} {_shape(v)}" for name, v in named)
         raise SourceError(
-            "expected exactly one [batch, hidden] (pooled_output) and one "
-            f"[batch, seq, hidden] (sequence_output) output, got {shapes}"
+            "the model's outputs are not an encoder's: expected one [batch, hidden] "
+            f"(pooled_output) and one [batch, seq, hidden] (sequence_output), found {found}"
         )
     return pooled[0], sequence[0]
+
+
+def _shape(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return str(list(shape)) if shape is not None else type(value).__name__
 
 
 def resolve_source(source: str | os.PathLike[str]) -> str:
@@ -159,22 +170,46 @@ def load_source(source: str | os.PathLike[str]) -> EncoderSource:
     except Exception as e:
         raise SourceError(f"{location}: TensorFlow could not load the SavedModel ({e})") from e
 
-    missing = [name for name in ("vocab_file", "do_lower_case") if not hasattr(obj, name)]
+    # A module as published holds both at its root; one fine-tuned inside a Keras model
+    # (`hub.KerasLayer(..., trainable=True)`, then `model.save`) holds them in the wrapped layer.
+    found = {name: find_attribute(obj, name) for name in ("vocab_file", "do_lower_case")}
+    missing = [name for name, value in found.items() if value is None]
     if not callable(obj):
         missing.append("__call__ (the encoder function)")
     if missing:
         raise SourceError(
-            f"{source}: not a TF Hub BERT-family text encoder; it lacks {', '.join(missing)}"
+            f"{source}: not a TF Hub BERT-family text encoder; it lacks {', '.join(missing)} "
+            "(looked at the module and every layer it wraps)"
         )
-    vocab_file = Path(obj.vocab_file.asset_path.numpy().decode())
+    vocab_file = Path(found["vocab_file"].asset_path.numpy().decode())
     if not vocab_file.is_file():
         raise SourceError(f"{source}: the vocab_file asset {vocab_file} is missing")
-    do_lower_case = bool(obj.do_lower_case.numpy())
+    do_lower_case = bool(found["do_lower_case"].numpy())
     dimensions = infer_dimensions(obj, source)
     convention = _calling_convention(obj, source)
     enc = EncoderSource(str(source), obj, convention, vocab_file, do_lower_case, dimensions)
     _check_call(enc)
     return enc
+
+
+def find_attribute(obj: Any, name: str, max_depth: int = 6) -> Any | None:
+    """`obj.<name>`, else the nearest `<name>` among the objects it tracks (breadth first)."""
+    frontier, seen = [obj], {id(obj)}
+    for _ in range(max_depth):
+        next_frontier = []
+        for node in frontier:
+            try:
+                children = node._trackable_children()
+            except Exception:  # not a trackable: nothing below it
+                continue
+            if name in children:
+                return children[name]
+            for child in children.values():
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    next_frontier.append(child)
+        frontier = next_frontier
+    return None
 
 
 def _calling_convention(obj: Any, source: Any) -> str:
@@ -209,7 +244,9 @@ def _check_call(enc: EncoderSource) -> None:
     hidden = enc.dimensions.hidden
     if tuple(pooled.shape) != (1, hidden) or tuple(sequence.shape) != (1, 2, hidden):
         raise SourceError(
-            f"{enc.location}: outputs {pooled.shape}, {sequence.shape} do not match hidden={hidden}"
+            f"{enc.location}: the model's outputs are not the encoder's: found "
+            f"{_shape(pooled)} and {_shape(sequence)} for 1 text of 2 tokens, the encoder's "
+            f"are [1, {hidden}] (pooled_output) and [1, 2, {hidden}] (sequence_output)"
         )
 
 
