@@ -1,4 +1,12 @@
-"""The native tokenizer against TF Models' FullTokenizer (vendored in tests/reference)."""
+"""The native tokenizer against the FullTokenizer the model card names, imported from TF Models'
+own wheel (`official/nlp/bert/tokenization.py`, fetched from PyPI and cached).
+
+Which release: 2.2.0. Its WordpieceTokenizer turns words over 200 characters into [UNK], the
+rule of Google's original BERT `tokenization.py` and of ELECTRA's pre-training code, which
+made the vocabulary and the checkpoint `electra_large/1` packages. tf-models-official 2.3.0
+raised the default to 400 and changed nothing else in the file
+(`test_the_oracle_releases_differ_only_in_the_word_length_limit`); the bundle keeps 200.
+"""
 
 from __future__ import annotations
 
@@ -35,11 +43,13 @@ if not UNCASED_VOCAB.is_file():  # another venv layout: find the package instead
 pytestmark = pytest.mark.skipif(not UNCASED_VOCAB.is_file(), reason="BERT uncased vocab missing")
 
 
-def _load_oracle() -> ModuleType:
-    # By path: tests/ is not a package, and this works whether or not it becomes one.
-    spec = importlib.util.spec_from_file_location(
-        "bert_tokenization_oracle", ROOT / "tests" / "reference" / "bert_tokenization.py"
-    )
+def _load_oracle(release: str = "2.2.0") -> ModuleType:
+    """`official/nlp/bert/tokenization.py` of `release`, loaded by path from its wheel (it
+    imports six, tensorflow and sentencepiece, nothing else of TF Models)."""
+    from fastelectra.convert.generations import release_dir
+
+    path = release_dir(release) / "official" / "nlp" / "bert" / "tokenization.py"
+    spec = importlib.util.spec_from_file_location(f"tokenization_{release.replace('.', '_')}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -333,6 +343,21 @@ def test_special_token_text_is_not_special(case: dict) -> None:
     assert enc.ids.count(case["oracle"].vocab["[SEP]"]) == 1
     assert "[" in enc.tokens and "]" in enc.tokens
     assert json.loads(case["path"].read_text(encoding="utf-8"))["added_tokens"] == []
+
+
+def test_the_oracle_releases_differ_only_in_the_word_length_limit() -> None:
+    import inspect
+
+    limit = inspect.signature(oracle.WordpieceTokenizer).parameters["max_input_chars_per_word"]
+    assert limit.default == 200
+    later = _load_oracle("2.3.0")
+    later_limit = inspect.signature(later.WordpieceTokenizer).parameters["max_input_chars_per_word"]
+    assert later_limit.default == 400
+    ft = later.FullTokenizer(str(UNCASED_VOCAB), do_lower_case=True)
+    ft.wordpiece_tokenizer.max_input_chars_per_word = 200
+    reference = oracle.FullTokenizer(str(UNCASED_VOCAB), do_lower_case=True)
+    for text in CORPUS[:80] + LONG_WORDS:
+        assert ft.tokenize(text) == reference.tokenize(text), text
 
 
 def test_word_length_limit(case: dict) -> None:
