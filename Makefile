@@ -40,15 +40,15 @@ BENCH_OUT ?= benchmarks/results/$(shell date +%F)-$(shell hostname -s)
 bench: bundles
 	$(VENV)/bin/fastelectra bench .cache/bundles/minilm-fp32 .cache/bundles/minilm-int8-dynamic \
 		.cache/bundles/minilm-int8-static --threads 2 --duration 5 --peers --out $(BENCH_OUT)/bench-minilm
-	for m in base electra-large; do \
+	for m in base electra-large-2020; do \
 		$(PY) benchmarks/latency.py .cache/bundles/$$m-fp32 .cache/bundles/$$m-int8-dynamic \
 			.cache/bundles/$$m-int8-static --source $$m --batch 1 --seq 128 --threads 2 \
 			--duration 10 --with-ort-skipln --with-int8-gemm-chain \
 			--out $(BENCH_OUT)/latency-$$m-b1-s128 || exit 1; \
 	done
 	$(PY) benchmarks/skip_layernorm.py --threads 2 --out $(BENCH_OUT)
-	$(VENV)/bin/fastelectra bench .cache/bundles/electra-large-fp32 \
-		.cache/bundles/electra-large-int8-dynamic --no-grid --traffic --batch 32 --threads 2 \
+	$(VENV)/bin/fastelectra bench .cache/bundles/electra-large-2020-fp32 \
+		.cache/bundles/electra-large-2020-int8-dynamic --no-grid --traffic --batch 32 --threads 2 \
 		--duration 1 --warmup 0 --out $(BENCH_OUT)/bench-electra-large-traffic
 	$(MAKE) bench-st-onnx
 
@@ -71,7 +71,7 @@ bundles: $(STAMP)
 	head -48 fastelectra/data/verify_texts.txt > .cache/verify-48.txt
 	for p in fp32 int8-dynamic int8-static; do \
 		test -d $(BUNDLES)/minilm-$$p || $(VENV)/bin/fastelectra build minilm -o $(BUNDLES)/minilm-$$p --precision $$p || exit 1; \
-		for m in base electra-large; do \
+		for m in base electra-large-2020; do \
 			test -d $(BUNDLES)/$$m-$$p || $(VENV)/bin/fastelectra build $$m -o $(BUNDLES)/$$m-$$p --precision $$p --no-int8-search --force --verify-texts .cache/verify-48.txt || exit 1; \
 		done; \
 	done

@@ -1,6 +1,6 @@
 """Peak memory and wall time of each conversion stage, each in its own process.
 
-    python benchmarks/convert_memory.py --preset electra-large [--route hollow|plain]
+    python benchmarks/convert_memory.py --preset electra-large-2020 [--route hollow|plain]
 
 Stages: `export` (load the SavedModel, tf2onnx hollow route -> ONNX + external data) and
 `fuse` (rewrite + onnxruntime fusion). Each runs in a fresh subprocess so its peak RSS
@@ -71,7 +71,7 @@ def run_stage(stage: str, module: Path, work: Path, route: str, preset: str) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="electra-large")
+    parser.add_argument("--preset", default="electra-large-2020")
     parser.add_argument("--route", default="hollow")
     parser.add_argument("--stages", default="export,fuse")
     args = parser.parse_args()

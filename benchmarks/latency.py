@@ -1,7 +1,7 @@
 """Issue 3: TF against ORT FP32 unfused, fused FP32, INT8 dynamic and INT8 static, side by side.
 
-    python benchmarks/latency.py .cache/bundles/electra-large-{fp32,int8-dynamic,int8-static} \\
-        --source electra-large --batch 1 --seq 128 --threads 2
+    python benchmarks/latency.py .cache/bundles/electra-large-2020-{fp32,int8-dynamic,int8-static} \\
+        --source electra-large-2020 --batch 1 --seq 128 --threads 2
 
 `fastelectra bench` with one more variant: the unfused ONNX export of the source (tf2onnx's
 graph before `fuse`), which is no bundle and so cannot be passed as one. The source is loaded

@@ -58,7 +58,7 @@ GENERATIONS: dict[str, Generation] = {
             "2021-01",
             "2.4.0",
             "bert.export_tfhub",
-            "BertEncoder; list IO; scale on the query; position Reshape(Slice) -> BroadcastTo; "
+            "BertEncoder; list IO; scale on the query; position StridedSlice -> BroadcastTo; "
             "mask * -1e9",
         ),
         Generation(
@@ -71,7 +71,7 @@ GENERATIONS: dict[str, Generation] = {
             "2021-08",
             "2.6.0",
             "tools.export_tfhub_lib",
-            "dict IO; position slice reshaped before its broadcast; mask ones*m (2.6-2.9)",
+            "dict IO; position StridedSlice -> Reshape -> BroadcastTo; mask ones*m (2.6-2.9)",
         ),
         Generation(
             "2026-02",
