@@ -98,16 +98,22 @@ def _verify(args: argparse.Namespace) -> int:
     from fastelectra.bundle import load_bundle
     from fastelectra.convert.build import verify_model
     from fastelectra.convert.source import load_source, resolve_source
-    from fastelectra.convert.verify import format_report
+    from fastelectra.convert.verify import (
+        default_texts,
+        format_report,
+        read_texts,
+        tensorflow_runner,
+    )
 
     bundle = load_bundle(args.bundle)
+    texts = read_texts(args.verify_texts) if args.verify_texts else default_texts()
     src = load_source(resolve_source(args.source))
     report = verify_model(
-        src,
+        tensorflow_runner(src),
         bundle.model_path,
         bundle.tokenizer_path,
         bundle.meta.precision,
-        args.verify_texts,
+        texts,
         max_length=bundle.meta.max_sequence_length,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))

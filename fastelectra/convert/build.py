@@ -81,44 +81,45 @@ def build(
     progress: Progress | None = _stderr_progress,
     int8_search: bool = True,
 ) -> BuildResult:
-    """Convert `source` into a verified bundle at `out` (see the module docstring)."""
-    from fastelectra.convert.source import load_source
-    from fastelectra.convert.tf_export import export_onnx
-    from fastelectra.convert.tokenizer import build_tokenizer
+    """Convert `source` into a verified bundle at `out` (see the module docstring).
+
+    TensorFlow runs only in the first stage, in a child process (`tf_stage`): load, export,
+    and TensorFlow's outputs on the verification texts. Fusion, precision and verification
+    then run here with onnxruntime alone.
+    """
+    from fastelectra.convert.tf_stage import run_tensorflow_stage
+    from fastelectra.convert.verify import default_texts, format_report, read_texts
 
     if precision not in PRECISIONS:
         raise ValueError(
             f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}"
         )
+    started = time.perf_counter()
     say = progress or (lambda _message: None)
     out = Path(out)
+    texts = read_texts(verify_texts) if verify_texts else default_texts()
     timings: dict[str, float] = {}
 
     def step(name: str, message: str):
         say(message)
         return _Timer(timings, name)
 
-    with step("load", f"loading {source}"):
-        src = load_source(source)
-    dims = src.dimensions
-    say(
-        f"  {dims.layers} layers, hidden {dims.hidden}, {dims.heads} heads, FFN {dims.intermediate}, "
-        f"vocab {dims.vocab_size}, max positions {dims.max_positions}, "
-        f"do_lower_case={src.do_lower_case}, calling convention {src.convention}"
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
     try:
-        with step("export", f"exporting to ONNX (tf2onnx, {route} route)"):
-            exported = export_onnx(src, work / "exported.onnx", route=route)
+        # Its steps (load, export, tensorflow_reference) are timed in the child.
+        stage = run_tensorflow_stage(
+            str(source), work, texts, route=route, verbose=progress is not None
+        )
+        timings.update(stage.timings)
+        dims = stage.dimensions
         with step("fuse", "fusing into onnxruntime transformer kernels"):
             from fastelectra.convert.fuse import fuse
 
-            fusion = fuse(exported.path, work / "fused.onnx", dims)
+            fusion = fuse(stage.exported, work / "fused.onnx", dims)
         say(f"  fused ops: {fusion.counts}")
         with staged_directory(out) as staging:
-            tokenizer = build_tokenizer(src.vocab_file, src.do_lower_case)
-            tokenizer.save(str(staging / TOKENIZER_FILE))
+            shutil.copyfile(stage.tokenizer, staging / TOKENIZER_FILE)
             model_path = staging / MODEL_FILE
             quantization: dict[str, Any] = {}
             if precision == "fp32":
@@ -139,18 +140,18 @@ def build(
                         int8_search=int8_search,
                         progress=say,
                     )
-            with step("verify", "verifying against TensorFlow"):
+            with step("verify", "verifying against TensorFlow's recorded outputs"):
+                from fastelectra.convert.verify import recorded_runner
+
                 report = verify_model(
-                    src,
+                    recorded_runner(stage.reference),
                     model_path,
                     staging / TOKENIZER_FILE,
                     precision,
-                    verify_texts,
+                    texts,
                     fp32_model=None if precision == "fp32" else work / "fused.onnx",
                     max_length=dims.max_positions,
                 )
-            from fastelectra.convert.verify import format_report
-
             say(format_report(report))
             if not report["passed"] and not force:
                 raise VerificationFailed(report)
@@ -159,42 +160,37 @@ def build(
                 source=str(source),
                 dimensions=dims,
                 precision=precision,
-                do_lower_case=src.do_lower_case,
+                do_lower_case=stage.do_lower_case,
                 max_sequence_length=dims.max_positions,
                 fused_ops=fusion.counts,
                 rewrites=fusion.rewrites,
                 quantization=quantization,
                 tool_versions=tool_versions(),
             )
-            meta.quantization.setdefault("export_route", exported.route)
+            meta.quantization.setdefault("export_route", stage.export_route)
             finalize_meta(staging, meta)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    say(f"wrote {out} ({precision}) in {sum(timings.values()):.1f} s")
+    say(f"wrote {out} ({precision}) in {time.perf_counter() - started:.1f} s")
     return BuildResult(out, meta, report, timings)
 
 
 def verify_model(
-    src: Any,
+    reference: Any,
     model_path: Path,
     tokenizer_path: Path,
     precision: str,
-    verify_texts: str | Path | None = None,
+    texts: list[tuple[str, str | None]],
     fp32_model: Path | None = None,
     max_length: int = 512,
 ) -> dict[str, Any]:
-    from fastelectra.convert.verify import (
-        default_texts,
-        onnx_runner,
-        read_texts,
-        tensorflow_runner,
-        verify,
-    )
+    """Compare the model at `model_path` with `reference` (a `verify.Runner`: TensorFlow live,
+    or its recorded outputs) on `texts`."""
+    from fastelectra.convert.verify import onnx_runner, verify
 
-    texts = read_texts(verify_texts) if verify_texts else default_texts()
     encodings = encode_texts(tokenizer_path, texts, max_length)
     return verify(
-        tensorflow_runner(src),
+        reference,
         onnx_runner(model_path),
         encodings,
         precision,

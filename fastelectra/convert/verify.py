@@ -164,6 +164,37 @@ def tensorflow_runner(source: Any) -> Runner:
     return run
 
 
+def record_reference(
+    reference: Runner, encodings: Sequence[Any], folder: Path, batch_size: int = 8
+) -> Path:
+    """Run `reference` over the batches `verify` will use and keep its outputs on disk.
+
+    A build computes TensorFlow's outputs in its TensorFlow stage and lets that process end
+    before onnxruntime loads a model: the two never hold their weights at the same time.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, (ids, mask, segments, _) in enumerate(batches(encodings, batch_size)):
+        pooled, sequence = reference(ids, mask, segments)
+        np.savez(folder / f"batch-{number:05d}.npz", ids=ids, pooled=pooled, sequence=sequence)
+    return folder
+
+
+def recorded_runner(folder: Path) -> Runner:
+    """Replays `record_reference`'s outputs, batch by batch, checking each batch's token ids."""
+    files = iter(sorted(folder.glob("batch-*.npz")))
+
+    def run(ids, mask, segments):
+        path = next(files, None)
+        if path is None:
+            raise RuntimeError(f"{folder}: more batches asked for than were recorded")
+        with np.load(path) as recorded:
+            if not np.array_equal(recorded["ids"], ids):
+                raise RuntimeError(f"{path}: recorded for other token ids than this batch's")
+            return recorded["pooled"], recorded["sequence"]
+
+    return run
+
+
 def onnx_runner(model_path: Path, threads: int | None = None) -> Runner:
     """The model as the runtime serves it on CPU (`EncoderSession`): what is verified is what runs."""
     from fastelectra.runtime.providers import plan_execution
