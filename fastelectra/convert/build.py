@@ -2,7 +2,9 @@
 
 Every step writes into a private work directory; the bundle itself is assembled in a staging
 directory beside the destination and renamed into place only after the accuracy gate passed,
-so a failed or interrupted build leaves nothing at the destination.
+so a failed or interrupted build leaves nothing at the destination. Both are removed on any
+error, Ctrl-C or SIGTERM; the ones a killed build (SIGKILL, OOM) leaves behind are removed by
+the next build to the same destination (see `fastelectra.workdirs`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from fastelectra.bundle import (
     staged_directory,
     write_json_atomic,
 )
+from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_directory
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+@cleanup_on_signals()  # SIGTERM runs the `finally` below (and the staging's) before dying
 def build(
     source: str | Path,
     out: str | Path,
@@ -92,6 +95,8 @@ def build(
         )
     say = progress or (lambda _message: None)
     out = Path(out)
+    for leftover in remove_abandoned(out):
+        say(f"removed {leftover.name}, left beside {out} by a killed build")
     timings: dict[str, float] = {}
 
     def step(name: str, message: str):
@@ -106,9 +111,7 @@ def build(
         f"vocab {dims.vocab_size}, max positions {dims.max_positions}, "
         f"do_lower_case={src.do_lower_case}, calling convention {src.convention}"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
-    try:
+    with scratch_directory(out, "work") as work:
         with step("export", f"exporting to ONNX (tf2onnx, {route} route)"):
             exported = export_onnx(src, work / "exported.onnx", route=route)
         with step("fuse", "fusing into onnxruntime transformer kernels"):
@@ -168,8 +171,6 @@ def build(
             )
             meta.quantization.setdefault("export_route", exported.route)
             finalize_meta(staging, meta)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     say(f"wrote {out} ({precision}) in {sum(timings.values()):.1f} s")
     return BuildResult(out, meta, report, timings)
 
