@@ -80,6 +80,11 @@ class BundleMeta:
     rewrites: dict[str, dict[str, int]] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
+    # How the build went: seconds per step, and the process's memory (MiB) per step and overall:
+    # {"steps": {step: {"peak_rss_mb": .., "rss_after_mb": ..}}, "peak_rss_mb": ..}. Empty in
+    # bundles from before they were recorded (and in bundles not made by `fastelectra build`).
+    timings: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     format: str = FORMAT
     format_version: int = FORMAT_VERSION

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -27,6 +28,35 @@ def test_bundle_files_and_metadata(tiny_bundle):
     for name, digest in meta["files"].items():
         assert sha256_file(tiny_bundle / name) == digest
     load_bundle(tiny_bundle)
+
+
+def test_timings_and_memory_per_step(tiny_bundle):
+    meta = json.loads((tiny_bundle / "fastelectra.json").read_text())
+    timings, memory = meta["timings"], meta["memory"]
+    assert set(timings) == {"load", "export", "fuse", "verify"}  # fp32: no precision step
+    assert all(seconds > 0 for seconds in timings.values())
+    assert set(memory["steps"]) == set(timings)
+    figures = [f for step in memory["steps"].values() for f in step.values()]
+    assert all(step.keys() == {"peak_rss_mb", "rss_after_mb"} for step in memory["steps"].values())
+    assert all(isinstance(f, float) and f > 0 for f in figures)
+    assert memory["peak_rss_mb"] >= max(figures)
+    steps = list(memory["steps"].values())  # in build order: the peak so far never falls
+    assert all(a["peak_rss_mb"] <= b["peak_rss_mb"] for a, b in itertools.pairwise(steps))
+
+
+def test_bundles_without_timings_still_load(tiny_bundle, tmp_path):
+    import shutil
+
+    from fastelectra.bundle import META_FILE, BundleMeta, write_json_atomic
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    raw = json.loads((old / META_FILE).read_text())
+    del raw["timings"], raw["memory"]
+    write_json_atomic(old / META_FILE, raw)
+    meta = load_bundle(old).meta
+    assert meta.timings == {} and meta.memory == {}
+    assert BundleMeta.from_json(raw).to_json() == {**raw, "timings": {}, "memory": {}}
 
 
 def test_verification_report(tiny_bundle):

@@ -178,6 +178,7 @@ def test_a_killed_build_leaves_nothing_after_the_next_one(tiny_module, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     load_bundle(out)
     assert f"removed {work.name}, left beside {out} by a killed build" in messages
+    assert any(m.startswith("  export took ") and m.endswith(" MB") for m in messages)
 
 
 def test_a_terminated_build_cleans_up_at_once(tiny_module, tmp_path):

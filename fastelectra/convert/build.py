@@ -9,12 +9,14 @@ the next build to the same destination (see `fastelectra.workdirs`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ class BuildResult:
     meta: BundleMeta
     verification: dict[str, Any]
     timings: dict[str, float]
+    memory: dict[str, Any] = field(default_factory=dict)
 
 
 def _stderr_progress(message: str) -> None:
@@ -97,11 +100,7 @@ def build(
     out = Path(out)
     for leftover in remove_abandoned(out):
         say(f"removed {leftover.name}, left beside {out} by a killed build")
-    timings: dict[str, float] = {}
-
-    def step(name: str, message: str):
-        say(message)
-        return _Timer(timings, name)
+    step = _Steps(say)
 
     with step("load", f"loading {source}"):
         src = load_source(source)
@@ -168,11 +167,16 @@ def build(
                 rewrites=fusion.rewrites,
                 quantization=quantization,
                 tool_versions=tool_versions(),
+                timings={name: round(s, 3) for name, s in step.timings.items()},
+                memory=step.memory_summary(),
             )
             meta.quantization.setdefault("export_route", exported.route)
             finalize_meta(staging, meta)
-    say(f"wrote {out} ({precision}) in {sum(timings.values()):.1f} s")
-    return BuildResult(out, meta, report, timings)
+    say(
+        f"wrote {out} ({precision}) in {sum(step.timings.values()):.1f} s, "
+        f"peak RSS {_mb(meta.memory['peak_rss_mb'])}"
+    )
+    return BuildResult(out, meta, report, step.timings, meta.memory)
 
 
 def verify_model(
@@ -244,14 +248,70 @@ def _move_model(src: Path, dst: Path) -> None:
         onnx.save(model, str(dst))
 
 
-class _Timer:
-    def __init__(self, timings: dict[str, float], name: str):
-        self.timings, self.name = timings, name
+class _Steps:
+    """Wall time and memory of each build step, for the progress lines and fastelectra.json.
 
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
+    Memory is the whole process's (TensorFlow included), in MiB: the peak resident set so far
+    at the step's end, and what is still resident after it, i.e. what the step kept.
+    """
 
-    def __exit__(self, *exc):
-        self.timings[self.name] = time.perf_counter() - self.start
-        return False
+    def __init__(self, say: Progress):
+        self.say = say
+        self.timings: dict[str, float] = {}
+        self.memory: dict[str, dict[str, float | None]] = {}
+        self.peak_rss_mb: float | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, message: str) -> Iterator[None]:
+        self.say(message)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.perf_counter() - start
+            rss = _rss_mb()
+            self.memory[name] = {"peak_rss_mb": self._peak(rss), "rss_after_mb": rss}
+        figures = self.memory[name]
+        self.say(
+            f"  {name} took {self.timings[name]:.1f} s; RSS {_mb(figures['rss_after_mb'])} after, "
+            f"peak {_mb(figures['peak_rss_mb'])}"
+        )
+
+    def memory_summary(self) -> dict[str, Any]:
+        return {"steps": dict(self.memory), "peak_rss_mb": self._peak()}
+
+    def _peak(self, *seen: float | None) -> float | None:
+        """The process's peak so far: getrusage's, unless a resident size we read was higher.
+
+        The kernel sums its RSS counters only approximately (per-CPU deltas), and raises the
+        high-water mark getrusage reports only at unmaps and when asked, so that mark came out
+        below the resident size read just before it (876.6 vs 876.7 MiB after `load`).
+        """
+        figures = [f for f in (self.peak_rss_mb, _peak_rss_mb(), *seen) if f is not None]
+        self.peak_rss_mb = max(figures) if figures else None
+        return self.peak_rss_mb
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident set of this process so far (not of its children), in MiB."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux counts KiB, macOS bytes.
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+
+
+def _rss_mb() -> float | None:
+    """Resident set of this process now, in MiB (None without /proc)."""
+    try:
+        with open("/proc/self/statm") as f:
+            resident_pages = int(f.read().split()[1])
+    except OSError:
+        return None
+    return round(resident_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20), 1)
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} MB"
