@@ -17,12 +17,12 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fastelectra.workdirs import owned_directory
 
 FORMAT = "fastelectra-bundle"
 FORMAT_VERSION = 1
@@ -80,6 +80,11 @@ class BundleMeta:
     rewrites: dict[str, dict[str, int]] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
+    # How the build went: seconds per step, and the process's memory (MiB) per step and overall:
+    # {"steps": {step: {"peak_rss_mb": .., "rss_after_mb": ..}}, "peak_rss_mb": ..}. Empty in
+    # bundles from before they were recorded (and in bundles not made by `fastelectra build`).
+    timings: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -195,20 +200,40 @@ def staged_directory(out: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty directory beside `out`; on success it atomically becomes `out`.
 
     On any exception the staging directory is removed and `out` is untouched, so a failed or
-    interrupted build never leaves a half-written bundle (nor damages an existing one).
+    interrupted build never leaves a half-written bundle (nor damages an existing one). The
+    staging (and `.old-`) directories are owned (see `fastelectra.workdirs`), so the next build
+    to `out` removes them if this process is killed outright.
     """
     out = Path(out).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    staging = owned_directory(out, "staging")
     try:
-        yield staging
+        yield staging.path
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
+            _replace_directory(out, staging.path)
         else:
-            os.replace(staging, out)
+            os.replace(staging.path, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.remove()
         raise
+    finally:
+        staging.release()
+
+
+def _replace_directory(out: Path, new: Path) -> None:
+    """Swap `new` in for the existing `out`, never ending with neither in place."""
+    old = owned_directory(out, "old")
+    parked = old.path / out.name
+    try:
+        os.replace(out, parked)
+        os.replace(new, out)
+    except BaseException:
+        if parked.exists() and not out.exists():
+            os.replace(parked, out)  # interrupted between the renames: put the old one back
+        raise
+    finally:
+        # While `out` is missing the parked copy is all there is: keep it (if this process
+        # dies now, the next build's `remove_abandoned` moves it back).
+        if out.exists():
+            old.remove()
+        else:
+            old.release()

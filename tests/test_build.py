@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -27,6 +28,43 @@ def test_bundle_files_and_metadata(tiny_bundle):
     for name, digest in meta["files"].items():
         assert sha256_file(tiny_bundle / name) == digest
     load_bundle(tiny_bundle)
+
+
+def test_timings_and_memory_per_step(tiny_bundle):
+    meta = json.loads((tiny_bundle / "fastelectra.json").read_text())
+    timings, memory = meta["timings"], meta["memory"]
+    tensorflow_steps = ["load", "export", "tensorflow_reference"]  # the child process
+    onnxruntime_steps = ["fuse", "verify"]  # this process; fp32: no precision step
+    assert list(timings) == tensorflow_steps + onnxruntime_steps
+    assert all(seconds > 0 for seconds in timings.values())
+    assert list(memory["steps"]) == list(timings)
+    figures = [f for step in memory["steps"].values() for f in step.values()]
+    assert all(step.keys() == {"peak_rss_mb", "rss_after_mb"} for step in memory["steps"].values())
+    assert all(isinstance(f, float) and f > 0 for f in figures)
+    assert memory["peak_rss_mb"] >= max(figures)
+    assert memory["peak_rss_mb"] == max(
+        memory["tensorflow_stage_peak_rss_mb"], memory["onnxruntime_peak_rss_mb"]
+    )
+    for process in (tensorflow_steps, onnxruntime_steps):  # the peak so far never falls
+        peaks = [memory["steps"][name]["peak_rss_mb"] for name in process]
+        assert all(a <= b for a, b in itertools.pairwise(peaks))
+    # The onnxruntime steps never loaded TensorFlow: their process stays below the TF stage's.
+    assert memory["onnxruntime_peak_rss_mb"] < memory["tensorflow_stage_peak_rss_mb"]
+
+
+def test_bundles_without_timings_still_load(tiny_bundle, tmp_path):
+    import shutil
+
+    from fastelectra.bundle import META_FILE, BundleMeta, write_json_atomic
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    raw = json.loads((old / META_FILE).read_text())
+    del raw["timings"], raw["memory"]
+    write_json_atomic(old / META_FILE, raw)
+    meta = load_bundle(old).meta
+    assert meta.timings == {} and meta.memory == {}
+    assert BundleMeta.from_json(raw).to_json() == {**raw, "timings": {}, "memory": {}}
 
 
 def test_verification_report(tiny_bundle):

@@ -2,7 +2,9 @@
 
 Every step writes into a private work directory; the bundle itself is assembled in a staging
 directory beside the destination and renamed into place only after the accuracy gate passed,
-so a failed or interrupted build leaves nothing at the destination.
+so a failed or interrupted build leaves nothing at the destination. Both are removed on any
+error, Ctrl-C or SIGTERM; the ones a killed build (SIGKILL, OOM) leaves behind are removed by
+the next build to the same destination (see `fastelectra.workdirs`).
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from fastelectra.bundle import (
     staged_directory,
     write_json_atomic,
 )
+from fastelectra.convert.steps import Steps, mb
+from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_directory
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class BuildResult:
     meta: BundleMeta
     verification: dict[str, Any]
     timings: dict[str, float]
+    memory: dict[str, Any] = field(default_factory=dict)
 
 
 def _stderr_progress(message: str) -> None:
@@ -69,6 +73,7 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+@cleanup_on_signals()  # SIGTERM runs the `finally` below (and the staging's) before dying
 def build(
     source: str | Path,
     out: str | Path,
@@ -98,20 +103,13 @@ def build(
     say = progress or (lambda _message: None)
     out = Path(out)
     texts = read_texts(verify_texts) if verify_texts else default_texts()
-    timings: dict[str, float] = {}
-
-    def step(name: str, message: str):
-        say(message)
-        return _Timer(timings, name)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
-    try:
-        # Its steps (load, export, tensorflow_reference) are timed in the child.
-        stage = run_tensorflow_stage(
-            str(source), work, texts, route=route, verbose=progress is not None
-        )
-        timings.update(stage.timings)
+    for leftover in remove_abandoned(out):
+        say(f"removed {leftover.name}, left beside {out} by a killed build")
+    step = Steps(say)
+    with scratch_directory(out, "work") as work:
+        # Its steps (load, export, tensorflow_reference) are timed and measured in the child.
+        stage = run_tensorflow_stage(str(source), work, texts, route=route, say=progress)
+        step.merge(stage.timings, stage.memory)
         dims = stage.dimensions
         with step("fuse", "fusing into onnxruntime transformer kernels"):
             from fastelectra.convert.fuse import fuse
@@ -166,13 +164,22 @@ def build(
                 rewrites=fusion.rewrites,
                 quantization=quantization,
                 tool_versions=tool_versions(),
+                timings={name: round(s, 3) for name, s in step.timings.items()},
+                memory={
+                    "steps": dict(step.memory),
+                    # Two processes, one after the other: the command's peak is the larger.
+                    "tensorflow_stage_peak_rss_mb": stage.peak_rss_mb,
+                    "onnxruntime_peak_rss_mb": step.peak(),
+                    "peak_rss_mb": max(stage.peak_rss_mb, step.peak() or 0.0),
+                },
             )
             meta.quantization.setdefault("export_route", stage.export_route)
             finalize_meta(staging, meta)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    say(f"wrote {out} ({precision}) in {time.perf_counter() - started:.1f} s")
-    return BuildResult(out, meta, report, timings)
+    say(
+        f"wrote {out} ({precision}) in {time.perf_counter() - started:.1f} s, "
+        f"peak RSS {mb(meta.memory['peak_rss_mb'])}"
+    )
+    return BuildResult(out, meta, report, step.timings, meta.memory)
 
 
 def verify_model(
@@ -237,16 +244,3 @@ def _move_model(src: Path, dst: Path) -> None:
                     entry.value = dst.name + ".data"
         shutil.move(str(data), str(dst.with_name(dst.name + ".data")))
         onnx.save(model, str(dst))
-
-
-class _Timer:
-    def __init__(self, timings: dict[str, float], name: str):
-        self.timings, self.name = timings, name
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.timings[self.name] = time.perf_counter() - self.start
-        return False

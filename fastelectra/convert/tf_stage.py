@@ -11,12 +11,17 @@ weights once, not with the number of steps.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
+import pickle
+import queue
+import signal
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastelectra.bundle import TOKENIZER_FILE, Dimensions
 
@@ -36,6 +41,7 @@ class TensorFlowStage:
     tokenizer: Path  # tokenizer.json built from the module's vocab_file and do_lower_case
     reference: Path  # TensorFlow's outputs on the verification texts (`record_reference`)
     timings: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)  # per step, as `steps.Steps` keeps it
     peak_rss_mb: float = 0.0  # the child process's own peak
 
 
@@ -44,16 +50,62 @@ def run_tensorflow_stage(
     work: Path,
     texts: list[tuple[str, str | None]],
     route: str = "hollow",
-    verbose: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> TensorFlowStage:
     """Run `tensorflow_stage` in a fresh (spawned) process and return its result.
 
-    Spawned, not forked: a fork would copy whatever the parent holds, and TensorFlow is not
-    fork-safe. Errors raised there (SourceError, ...) are re-raised here as they were.
+    Spawned, not forked: a fork would copy whatever this process holds, and TensorFlow is not
+    fork-safe. Its progress lines come back to `say`; an error raised there (SourceError, ...)
+    is raised here as it was. The child dies with this process (SIGKILL included), so a killed
+    build leaves no exporter writing into a work directory the next build will remove.
     """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(tensorflow_stage, source, work, texts, route, verbose).result()
+    messages = context.Queue()
+    child = context.Process(
+        target=_child, args=(messages, source, work, texts, route, say is not None), daemon=True
+    )
+    child.start()
+    try:
+        while True:
+            try:
+                kind, value = messages.get(timeout=1.0)
+            except queue.Empty:
+                if not child.is_alive():
+                    raise RuntimeError(
+                        f"the TensorFlow stage died (exit code {child.exitcode}); out of memory?"
+                    ) from None
+                continue
+            if kind == "say" and say is not None:
+                say(value)
+            elif kind == "error":
+                raise value
+            elif kind == "result":
+                return value
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+
+
+def _child(messages, source, work, texts, route, verbose) -> None:
+    _die_with_parent()
+    say = (lambda message: messages.put(("say", message))) if verbose else None
+    try:
+        messages.put(("result", tensorflow_stage(source, work, texts, route, say)))
+    except BaseException as e:
+        try:
+            pickle.dumps(e)
+        except Exception:
+            e = RuntimeError(f"{type(e).__name__}: {e}")
+        messages.put(("error", e))
+
+
+def _die_with_parent() -> None:
+    """Linux: ask for SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def tensorflow_stage(
@@ -61,45 +113,34 @@ def tensorflow_stage(
     work: Path,
     texts: list[tuple[str, str | None]],
     route: str = "hollow",
-    verbose: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> TensorFlowStage:
     """Load `source`, export it to `work`, and record its outputs on `texts` (see module doc)."""
-    import resource
-
     from fastelectra.convert.build import encode_texts
     from fastelectra.convert.source import load_source
+    from fastelectra.convert.steps import Steps
     from fastelectra.convert.tf_export import export_onnx
     from fastelectra.convert.tokenizer import build_tokenizer
     from fastelectra.convert.verify import record_reference, tensorflow_runner
 
-    def say(message: str) -> None:
-        if verbose:
-            print(message, file=sys.stderr, flush=True)
-
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    say(f"loading {source}")
-    src = load_source(source)
+    say = say or (lambda _message: None)
+    step = Steps(say)
+    with step("load", f"loading {source}"):
+        src = load_source(source)
     dims = src.dimensions
     say(
         f"  {dims.layers} layers, hidden {dims.hidden}, {dims.heads} heads, FFN "
         f"{dims.intermediate}, vocab {dims.vocab_size}, max positions {dims.max_positions}, "
         f"do_lower_case={src.do_lower_case}, calling convention {src.convention}"
     )
-    timings["load"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    say(f"exporting to ONNX (tf2onnx, {route} route)")
-    exported = export_onnx(src, work / EXPORTED_FILE, route=route)
-    timings["export"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    say(f"running TensorFlow on {len(texts)} verification texts")
-    tokenizer = work / TOKENIZER_FILE
-    build_tokenizer(src.vocab_file, src.do_lower_case).save(str(tokenizer))
-    encodings = encode_texts(tokenizer, texts, dims.max_positions)
-    reference = record_reference(tensorflow_runner(src), encodings, work / REFERENCE_DIR)
-    timings["tensorflow_reference"] = time.perf_counter() - started
+    with step("export", f"exporting to ONNX (tf2onnx, {route} route)"):
+        exported = export_onnx(src, work / EXPORTED_FILE, route=route)
+    message = f"running TensorFlow on {len(texts)} verification texts"
+    with step("tensorflow_reference", message):
+        tokenizer = work / TOKENIZER_FILE
+        build_tokenizer(src.vocab_file, src.do_lower_case).save(str(tokenizer))
+        encodings = encode_texts(tokenizer, texts, dims.max_positions)
+        reference = record_reference(tensorflow_runner(src), encodings, work / REFERENCE_DIR)
 
     return TensorFlowStage(
         dimensions=dims,
@@ -109,6 +150,7 @@ def tensorflow_stage(
         export_route=exported.route,
         tokenizer=tokenizer,
         reference=reference,
-        timings=timings,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        timings=step.timings,
+        memory=step.memory,
+        peak_rss_mb=step.peak() or 0.0,
     )

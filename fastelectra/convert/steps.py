@@ -1,0 +1,84 @@
+"""Wall time and memory of each build step, for the progress lines and fastelectra.json."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+Progress = Callable[[str], None]
+
+
+class Steps:
+    """Times and measures named steps of one process.
+
+    Memory is the whole process's, in MiB: the peak resident set so far at the step's end, and
+    what is still resident after it, i.e. what the step kept.
+    """
+
+    def __init__(self, say: Progress):
+        self.say = say
+        self.timings: dict[str, float] = {}
+        self.memory: dict[str, dict[str, float | None]] = {}
+        self.peak_rss_mb: float | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, message: str) -> Iterator[None]:
+        import time
+
+        self.say(message)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.perf_counter() - start
+            rss = rss_mb()
+            self.memory[name] = {"peak_rss_mb": self.peak(rss), "rss_after_mb": rss}
+        figures = self.memory[name]
+        self.say(
+            f"  {name} took {self.timings[name]:.1f} s; RSS {mb(figures['rss_after_mb'])} after, "
+            f"peak {mb(figures['peak_rss_mb'])}"
+        )
+
+    def merge(self, timings: dict[str, float], memory: dict[str, Any]) -> None:
+        """Add the steps another process (the TensorFlow stage) measured of itself."""
+        self.timings.update(timings)
+        self.memory.update(memory)
+
+    def peak(self, *seen: float | None) -> float | None:
+        """The process's peak so far: getrusage's, unless a resident size we read was higher.
+
+        The kernel sums its RSS counters only approximately (per-CPU deltas), and raises the
+        high-water mark getrusage reports only at unmaps and when asked, so that mark came out
+        below the resident size read just before it (876.6 vs 876.7 MiB after `load`).
+        """
+        figures = [f for f in (self.peak_rss_mb, peak_rss_mb(), *seen) if f is not None]
+        self.peak_rss_mb = max(figures) if figures else None
+        return self.peak_rss_mb
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set of this process so far (not of its children), in MiB."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux counts KiB, macOS bytes.
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+
+
+def rss_mb() -> float | None:
+    """Resident set of this process now, in MiB (None without /proc)."""
+    try:
+        with open("/proc/self/statm") as f:
+            resident_pages = int(f.read().split()[1])
+    except OSError:
+        return None
+    return round(resident_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20), 1)
+
+
+def mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} MB"
