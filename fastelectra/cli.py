@@ -11,6 +11,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from fastelectra.errors import FastElectraError
+
 Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
 
@@ -162,8 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, OSError) as e:
-        # Known failures (bad source, failed gate, damaged bundle) get one clear line.
+    except (FastElectraError, OSError) as e:
+        # Known failures (bad source, failed gate, damaged bundle) get one clear line; any
+        # other exception is a bug, and its traceback is what a report of it needs.
         print(f"fastelectra {args.command}: error: {e}", file=sys.stderr)
         return 1
 

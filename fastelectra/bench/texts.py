@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastelectra.errors import InputError
+
 
 def default_traffic_file() -> Path:
     return Path(str(resources.files("fastelectra") / "data" / "traffic_mix.txt"))
@@ -23,11 +25,11 @@ def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
     """
     texts = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
-        raise ValueError(f"{path}: no texts")
+        raise InputError(f"{path}: no texts")
     if limit is None or limit >= len(texts):
         return texts
     if limit < 1:
-        raise ValueError(f"--traffic-limit must be >= 1, got {limit}")
+        raise InputError(f"--traffic-limit must be >= 1, got {limit}")
     return [texts[i] for i in np.linspace(0, len(texts) - 1, limit).round().astype(int)]
 
 

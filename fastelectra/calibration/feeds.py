@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastelectra.errors import InputError
 from fastelectra.runtime.tokenizer import WordPieceTokenizer, pad_batch
 
 
@@ -47,7 +48,7 @@ class TextCalibrationReader:
         max_length: int = 512,
     ):
         if not texts:
-            raise ValueError("no calibration texts")
+            raise InputError("no calibration texts")
         self.tokenizer = WordPieceTokenizer.from_file(tokenizer_path)
         self.texts = texts
         self.batch_size = batch_size

@@ -27,13 +27,14 @@ from fastelectra.bundle import (
     staged_directory,
     write_json_atomic,
 )
+from fastelectra.errors import FastElectraError, InputError
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
 
-class VerificationFailed(RuntimeError):
+class VerificationFailed(FastElectraError, RuntimeError):
     """The model did not match the TensorFlow original within the precision's gate."""
 
     def __init__(self, report: dict[str, Any]):
@@ -87,7 +88,7 @@ def build(
     from fastelectra.convert.tokenizer import build_tokenizer
 
     if precision not in PRECISIONS:
-        raise ValueError(
+        raise InputError(
             f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}"
         )
     say = progress or (lambda _message: None)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from fastelectra.errors import InputError
+
 if TYPE_CHECKING:
     from fastelectra.convert.int8_search import Rounding, SearchResult
 
@@ -53,7 +55,7 @@ def convert_precision(
     if precision == "fp16":
         return to_fp16(fused, dst)
     if precision not in ("int8-dynamic", "int8-static"):
-        raise ValueError(f"no conversion for precision {precision!r}")
+        raise InputError(f"no conversion for precision {precision!r}")
     if precision == "int8-dynamic":
         quantizer = DynamicInt8(fused, dst)
     else:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fastelectra.bundle import Dimensions
+from fastelectra.errors import FastElectraError
 
 # Where a variable's name says what it is (TF Models BertEncoder, and the older
 # `official/nlp/bert` names that the 2020 exports carry). Keras uniquifies a layer name
@@ -34,7 +35,7 @@ _QUERY_KERNEL = re.compile(r"self_attention/query/kernel$")
 _INTERMEDIATE_KERNEL = re.compile(r"intermediate/kernel$")
 
 
-class SourceError(ValueError):
+class SourceError(FastElectraError, ValueError):
     """The source is missing, unreadable or not a BERT-family text encoder."""
 
 

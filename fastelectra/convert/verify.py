@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fastelectra.bundle import OUTPUT_NAMES
+from fastelectra.errors import InputError
 
 # Gates per precision. "max_abs_diff" is an upper bound, cosines and Spearman lower bounds.
 _COSINE_INT8 = {"mean_cosine": 0.995, "min_cosine": 0.98}
@@ -45,12 +46,12 @@ def read_texts(path: str | Path) -> list[Text]:
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
-        raise ValueError(f"{path}: cannot read texts ({e.strerror})") from e
+        raise InputError(f"{path}: cannot read texts ({e.strerror})") from e
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ValueError(f"{path}: line {line} is not valid UTF-8 ({e.reason})") from e
+        raise InputError(f"{path}: line {line} is not valid UTF-8 ({e.reason})") from e
     return parse_texts(content, str(path))
 
 
@@ -61,12 +62,12 @@ def parse_texts(content: str, where: str) -> list[Text]:
             continue
         parts = line.split("\t")
         if len(parts) > 2:
-            raise ValueError(
+            raise InputError(
                 f"{where}: line {number} has {len(parts) - 1} tabs (at most 1: a pair)"
             )
         texts.append((parts[0], parts[1] if len(parts) == 2 else None))
     if not texts:
-        raise ValueError(f"{where}: no texts")
+        raise InputError(f"{where}: no texts")
     return texts
 
 
@@ -194,7 +195,7 @@ def verify(
 ) -> dict[str, Any]:
     """Compare `candidate` with the TensorFlow `reference` (and with the FP32 model if given)."""
     if precision not in THRESHOLDS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(THRESHOLDS)}")
+        raise InputError(f"unknown precision {precision!r}; expected one of {sorted(THRESHOLDS)}")
     vs_tf, vs_fp32 = _Comparison(), _Comparison()
     truncated = sum(bool(e.truncated) for e in encodings)
     for ids, mask, segments, lengths in batches(encodings, batch_size):

@@ -12,6 +12,8 @@ import itertools
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from fastelectra.errors import InputError
+
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -37,4 +39,4 @@ def decode_line(line: bytes, number: int, name: str, errors: str = "strict", hin
         return line.decode("utf-8", errors)
     except UnicodeDecodeError as e:
         where = f"{name}: line {number} is not valid UTF-8 ({e.reason} at byte {e.start + 1} of the line)"
-        raise ValueError(f"{where}; {hint}" if hint else where) from None
+        raise InputError(f"{where}; {hint}" if hint else where) from None
