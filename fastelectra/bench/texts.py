@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fastelectra.errors import InputError
+from fastelectra.runtime.lines import read_single_texts
 
 
 def default_traffic_file() -> Path:
@@ -18,14 +19,13 @@ def default_traffic_file() -> Path:
 
 
 def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
-    """One text per non-empty line; with `limit`, that many spread evenly over the file.
+    """One text per non-blank line (`fastelectra.runtime.lines`); with `limit`, that many
+    spread evenly over the file.
 
     Evenly spaced rather than the first N: a file's length mix need not be uniform along it
     (the packaged traffic mix holds more long passages towards its end).
     """
-    texts = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not texts:
-        raise InputError(f"{path}: no texts")
+    texts = read_single_texts(path)
     if limit is None or limit >= len(texts):
         return texts
     if limit < 1:

@@ -184,16 +184,12 @@ def verify_model(
     fp32_model: Path | None = None,
     max_length: int = 512,
 ) -> dict[str, Any]:
-    from fastelectra.convert.verify import (
-        default_texts,
-        onnx_runner,
-        read_texts,
-        tensorflow_runner,
-        verify,
-    )
+    from fastelectra.convert.verify import default_texts, onnx_runner, tensorflow_runner, verify
+    from fastelectra.runtime.lines import read_texts
+    from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
     texts = read_texts(verify_texts) if verify_texts else default_texts()
-    encodings = encode_texts(tokenizer_path, texts, max_length)
+    encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), texts, max_length)
     return verify(
         tensorflow_runner(src),
         onnx_runner(model_path),
@@ -201,30 +197,6 @@ def verify_model(
         precision,
         fp32=onnx_runner(fp32_model) if fp32_model else None,
     )
-
-
-def encode_texts(tokenizer_path: Path, texts: list[tuple[str, str | None]], max_length: int):
-    """Encode singles and pairs (in one list) in their original order."""
-    from fastelectra.runtime.tokenizer import WordPieceTokenizer
-
-    tokenizer = WordPieceTokenizer.from_file(tokenizer_path)
-    singles = [i for i, (_, b) in enumerate(texts) if b is None]
-    pairs = [i for i, (_, b) in enumerate(texts) if b is not None]
-    encodings: list[Any] = [None] * len(texts)
-    if singles:
-        for i, e in zip(
-            singles,
-            tokenizer.encode([texts[i][0] for i in singles], max_length=max_length),
-            strict=True,
-        ):
-            encodings[i] = e
-    if pairs:
-        encoded = tokenizer.encode(
-            [texts[i][0] for i in pairs], pairs=[texts[i][1] for i in pairs], max_length=max_length
-        )
-        for i, e in zip(pairs, encoded, strict=True):
-            encodings[i] = e
-    return encodings
 
 
 def _move_model(src: Path, dst: Path) -> None:

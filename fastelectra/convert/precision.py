@@ -100,8 +100,7 @@ def tune_int8(
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Rank nodes on calibration text, then search how many must stay FP32 (int8_search)."""
-    from fastelectra.calibration.feeds import read_calibration_texts, split_pair
-    from fastelectra.convert.build import encode_texts
+    from fastelectra.calibration.feeds import read_calibration_texts
     from fastelectra.convert.int8_search import (
         CHECK_TEXTS,
         RANK_TEXTS,
@@ -112,9 +111,10 @@ def tune_int8(
         tightened,
     )
     from fastelectra.convert.verify import THRESHOLDS, onnx_runner, verify
+    from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
-    corpus = [split_pair(text) for text in read_calibration_texts(texts)]
-    encodings = encode_texts(tokenizer_path, corpus, max_length)
+    corpus = read_calibration_texts(texts)
+    encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), corpus, max_length)
     ranked = node_sensitivity(
         fused,
         single_feeds(spread_sample(encodings, RANK_TEXTS, key=lambda e: len(e.ids))),

@@ -14,11 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from fastelectra.errors import InputError
+
+if TYPE_CHECKING:
+    from fastelectra.runtime.lines import Text
 
 CLS, SEP, PAD = "[CLS]", "[SEP]", "[PAD]"
 
@@ -233,3 +237,28 @@ def pad_batch(
         ids[mask] = np.concatenate([e.ids for e in encodings])
         segments[mask] = np.concatenate([e.type_ids for e in encodings])
     return ids, mask.astype(np.int32), segments
+
+
+def encode_texts(
+    tokenizer: WordPieceTokenizer, texts: Sequence[Text], max_length: int
+) -> list[Encoding]:
+    """Encode singles and pairs, mixed in one list (as a text file holds them), in its order.
+
+    Singles go to the tokenizer in one batch and pairs in another, not one call per text.
+    """
+    singles = [i for i, (_, pair) in enumerate(texts) if pair is None]
+    pairs = [i for i, (_, pair) in enumerate(texts) if pair is not None]
+    encodings: list[Encoding | None] = [None] * len(texts)
+    if singles:
+        encoded = tokenizer.encode([texts[i][0] for i in singles], max_length=max_length)
+        for i, encoding in zip(singles, encoded, strict=True):
+            encodings[i] = encoding
+    if pairs:
+        encoded = tokenizer.encode(
+            [texts[i][0] for i in pairs],
+            pairs=[texts[i][1] or "" for i in pairs],
+            max_length=max_length,
+        )
+        for i, encoding in zip(pairs, encoded, strict=True):
+            encodings[i] = encoding
+    return [e for e in encodings if e is not None]  # all are; this tells the type checker
