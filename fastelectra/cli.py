@@ -79,7 +79,7 @@ _EXTRA_HELP: dict[str, str] = {}
 @command("build")
 def _build(args: argparse.Namespace) -> int:
     from fastelectra.convert.build import build
-    from fastelectra.convert.source import resolve_source
+    from fastelectra.convert.resolve import resolve_source
 
     build(
         resolve_source(args.source),
@@ -99,7 +99,8 @@ def _build(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from fastelectra.bundle import load_bundle
     from fastelectra.convert.build import verify_model
-    from fastelectra.convert.source import load_source, resolve_source
+    from fastelectra.convert.resolve import resolve_source
+    from fastelectra.convert.source import load_source
     from fastelectra.convert.verify import format_report
 
     bundle = load_bundle(args.bundle)

@@ -227,7 +227,8 @@ class TensorFlowVariant(Variant):
         """Load `source` (path, hub handle or preset name) with TensorFlow limited to `threads`."""
         started = time.perf_counter()
         in_effect = configure_tensorflow_threads(threads)  # before the model loads
-        from fastelectra.convert.source import load_source, resolve_source
+        from fastelectra.convert.resolve import resolve_source
+        from fastelectra.convert.source import load_source
 
         variant = cls(load_source(resolve_source(source)), source, in_effect)
         variant.load_seconds = time.perf_counter() - started

@@ -91,18 +91,6 @@ def outputs_by_rank(outputs: Any) -> tuple[Any, Any]:
     return pooled[0], sequence[0]
 
 
-def resolve_source(source: str | os.PathLike[str]) -> str:
-    """A preset name (`tiny`, `electra-large-2020`, ...) stands for its cached module, built on
-    first use; anything else is returned as it is."""
-    text = str(source)
-    if not Path(text).exists():
-        from fastelectra.convert.presets import PRESETS, preset_module
-
-        if text in PRESETS:
-            return str(preset_module(text))
-    return text
-
-
 def resolve_location(source: str | os.PathLike[str]) -> Path:
     """A local SavedModel directory for `source`; archives and hub handles are unpacked/cached."""
     text = str(source)
