@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         TensorFlowVariant,
         configure_tensorflow_threads,
     )
-    from fastelectra.convert.source import load_source, resolve_source
+    from fastelectra.convert.resolve import resolve_source
+    from fastelectra.convert.source import load_source
     from fastelectra.convert.tf_export import export_onnx
 
     started = time.perf_counter()

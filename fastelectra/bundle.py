@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastelectra.errors import FastElectraError
 from fastelectra.workdirs import owned_directory
 
 FORMAT = "fastelectra-bundle"
@@ -39,7 +40,7 @@ OUTPUT_NAMES = ("pooled_output", "sequence_output")
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
 
 
-class BundleError(ValueError):
+class BundleError(FastElectraError, ValueError):
     """A bundle is missing, truncated, foreign or of an unsupported format version."""
 
 

@@ -11,6 +11,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from fastelectra.errors import FastElectraError
+
 Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
 
@@ -77,7 +79,7 @@ _EXTRA_HELP: dict[str, str] = {}
 @command("build")
 def _build(args: argparse.Namespace) -> int:
     from fastelectra.convert.build import build
-    from fastelectra.convert.source import resolve_source
+    from fastelectra.convert.resolve import resolve_source
 
     build(
         resolve_source(args.source),
@@ -97,13 +99,10 @@ def _build(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from fastelectra.bundle import load_bundle
     from fastelectra.convert.build import verify_model
-    from fastelectra.convert.source import load_source, resolve_source
-    from fastelectra.convert.verify import (
-        default_texts,
-        format_report,
-        read_texts,
-        tensorflow_runner,
-    )
+    from fastelectra.convert.resolve import resolve_source
+    from fastelectra.convert.source import load_source
+    from fastelectra.convert.verify import default_texts, format_report, tensorflow_runner
+    from fastelectra.runtime.lines import read_texts
 
     bundle = load_bundle(args.bundle)
     texts = read_texts(args.verify_texts) if args.verify_texts else default_texts()
@@ -168,8 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, OSError) as e:
-        # Known failures (bad source, failed gate, damaged bundle) get one clear line.
+    except (FastElectraError, OSError) as e:
+        # Known failures (bad source, failed gate, damaged bundle) get one clear line; any
+        # other exception is a bug, and its traceback is what a report of it needs.
         print(f"fastelectra {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from fastelectra.convert.build import build
-    from fastelectra.convert.source import resolve_source
+    from fastelectra.convert.resolve import resolve_source
     from fastelectra.convert.verify import format_report
     from fastelectra.runtime import Encoder
 

@@ -27,6 +27,7 @@ from functools import partial
 import numpy as np
 
 from fastelectra.bench.variants import Variant
+from fastelectra.errors import InputError
 
 PERCENTILES = (50, 90, 99)
 # Per turn in a cell: untimed runs that let the previous variant's threads wind down, then
@@ -46,10 +47,10 @@ def synthetic_inputs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``[CLS] w_1 .. w_{seq-2} [SEP]`` rows, ids drawn above the special tokens, no padding."""
     if cell.seq < 2:
-        raise ValueError(f"seq must be >= 2 for [CLS] and [SEP], got {cell.seq}")
+        raise InputError(f"seq must be >= 2 for [CLS] and [SEP], got {cell.seq}")
     lowest_word = max(cls_id, sep_id) + 1
     if lowest_word >= vocab_size:
-        raise ValueError(f"no word ids above [CLS]/[SEP] ({cls_id}, {sep_id}) in {vocab_size}")
+        raise InputError(f"no word ids above [CLS]/[SEP] ({cls_id}, {sep_id}) in {vocab_size}")
     rng = np.random.default_rng(seed)
     ids = rng.integers(lowest_word, vocab_size, (cell.batch, cell.seq), dtype=np.int32)
     ids[:, 0] = cls_id

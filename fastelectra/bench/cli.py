@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastelectra.cli import register_subcommand
+from fastelectra.errors import InputError
 
 DEFAULT_BATCHES = "1,8,32"
 DEFAULT_SEQS = "16,64,128,512"
@@ -214,7 +215,7 @@ def run(
     threads = args.threads = check_threads(args.threads)  # recorded resolved, not "default"
     providers = parse_providers(args.providers)
     if args.warmup < 0 or args.min_runs < 1:
-        raise ValueError("--warmup must be >= 0 and --min-runs >= 1")
+        raise InputError("--warmup must be >= 0 and --min-runs >= 1")
     variants = load_variants(args.bundles, args.source, providers, threads)
     variants += extra_variants
     unique_names(variants)
@@ -226,7 +227,7 @@ def run(
         for v in variants
     )
     if cells and (max(args.seq) > limit or min(args.seq) < 2):
-        raise ValueError(f"--seq values must be between 2 and {limit} for these models")
+        raise InputError(f"--seq values must be between 2 and {limit} for these models")
     tokenizer = WordPieceTokenizer.from_file(bundles[0].bundle.tokenizer_path)
     vocab = (min(v.dimensions.vocab_size for v in variants), tokenizer.cls_id, tokenizer.sep_id)
 

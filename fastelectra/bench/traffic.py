@@ -23,6 +23,7 @@ import numpy as np
 from fastelectra.bench.cells import round_robin
 from fastelectra.bench.texts import cosine_to, truncation_expected
 from fastelectra.bench.variants import OnnxVariant
+from fastelectra.errors import InputError
 from fastelectra.runtime.batching import plan_batches
 from fastelectra.runtime.encoder import l2_normalize, pool
 from fastelectra.runtime.session import EncoderSession
@@ -70,7 +71,7 @@ def run_traffic(
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     if not variants:
-        raise ValueError("traffic needs at least one bundle")
+        raise InputError("traffic needs at least one bundle")
     # Both modes share the variant's session: one copy of the weights, the same kernels.
     encoders = {v.name: v.encoder(min(pad_to, v.max_sequence_length)) for v in variants}
     tokenizer = next(iter(encoders.values()))[1]

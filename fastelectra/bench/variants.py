@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastelectra.bundle import OUTPUT_NAMES, Bundle, Dimensions, load_bundle
+from fastelectra.errors import InputError
 from fastelectra.runtime.encoder import Encoder
 from fastelectra.runtime.providers import Providers, plan_execution, plan_for_bundle
 from fastelectra.runtime.session import EncoderSession
@@ -150,7 +151,7 @@ class OnnxVariant(Variant):
     def encoder(self, max_length: int | None = None) -> tuple[Encoder, WordPieceTokenizer]:
         """An `Encoder` (and its tokenizer) on this variant's session: no second weight copy."""
         if self.bundle is None:
-            raise ValueError(f"{self.name}: a bare model has no tokenizer; texts need a bundle")
+            raise InputError(f"{self.name}: a bare model has no tokenizer; texts need a bundle")
         tokenizer = WordPieceTokenizer.from_file(self.bundle.tokenizer_path)
         return Encoder(self.bundle, self.session, tokenizer, max_length), tokenizer
 
@@ -226,7 +227,8 @@ class TensorFlowVariant(Variant):
         """Load `source` (path, hub handle or preset name) with TensorFlow limited to `threads`."""
         started = time.perf_counter()
         in_effect = configure_tensorflow_threads(threads)  # before the model loads
-        from fastelectra.convert.source import load_source, resolve_source
+        from fastelectra.convert.resolve import resolve_source
+        from fastelectra.convert.source import load_source
 
         variant = cls(load_source(resolve_source(source)), source, in_effect)
         variant.load_seconds = time.perf_counter() - started
@@ -266,7 +268,7 @@ def variant_from_spec(spec: dict[str, Any]) -> Variant:
         )
     if kind == "tensorflow":
         return TensorFlowVariant.load(spec["source"], spec["threads"])
-    raise ValueError(f"unknown variant kind {kind!r}")
+    raise InputError(f"unknown variant kind {kind!r}")
 
 
 def unique_names(variants: list[Variant]) -> None:

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from fastelectra.runtime.tokenizer import WordPieceTokenizer, pad_batch
+from fastelectra.errors import InputError
+from fastelectra.runtime.lines import Text, read_texts, split_pair
+from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts, pad_batch
 
 
-def default_calibration_texts() -> list[str]:
+def default_calibration_texts() -> list[Text]:
     """The calibration set shipped with the package (search-like queries and passages)."""
     data = resources.files("fastelectra") / "data" / "calibration.txt"
-    return [line for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_texts(data, "built-in calibration.txt")
 
 
-def read_calibration_texts(path: str | Path | None) -> list[str]:
-    if path is None:
-        return default_calibration_texts()
-    from fastelectra.convert.verify import read_texts
-
-    # A pair line calibrates as its first text joined with the second, as a pair would run.
-    return [a if b is None else f"{a}\t{b}" for a, b in read_texts(path)]
-
-
-def split_pair(text: str) -> tuple[str, str | None]:
-    """A calibration line as `(text, pair)`: a TAB separates the two texts of a pair."""
-    first, tab, second = text.partition("\t")
-    return first, second if tab else None
+def read_calibration_texts(path: str | Path | None) -> list[Text]:
+    """The texts and pairs of `path` (`fastelectra.runtime.lines`), or the built-in set."""
+    return default_calibration_texts() if path is None else read_texts(path)
 
 
 class TextCalibrationReader:
@@ -42,14 +34,19 @@ class TextCalibrationReader:
     def __init__(
         self,
         tokenizer_path: Path,
-        texts: list[str],
+        texts: Sequence[Text | str],
         batch_size: int = 8,
         max_length: int = 512,
     ):
+        """`texts`: texts and pairs as `read_calibration_texts` gives them, or lines of a
+        calibration file (a TAB in one separates a pair, as when read from the file)."""
         if not texts:
-            raise ValueError("no calibration texts")
+            raise InputError("no calibration texts")
         self.tokenizer = WordPieceTokenizer.from_file(tokenizer_path)
-        self.texts = texts
+        self.texts = [
+            split_pair(text, number, "calibration texts") if isinstance(text, str) else text
+            for number, text in enumerate(texts, 1)
+        ]
         self.batch_size = batch_size
         self.max_length = max_length
         self._batches: Iterator[dict[str, np.ndarray]] | None = None
@@ -72,11 +69,7 @@ class TextCalibrationReader:
         for batch in range(first, last):
             start = batch * self.batch_size
             chunk = self.texts[start : start + self.batch_size]
-            encodings = []
-            for first, second in map(split_pair, chunk):
-                pairs = None if second is None else [second]
-                encodings += self.tokenizer.encode([first], pairs=pairs, max_length=self.max_length)
-            ids, mask, segments = pad_batch(encodings)
+            ids, mask, segments = pad_batch(encode_texts(self.tokenizer, chunk, self.max_length))
             yield {"input_word_ids": ids, "input_mask": mask, "segment_ids": segments}
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -22,7 +22,8 @@ import onnx
 from fastelectra.bundle import TRT_CALIBRATION_FILE
 from fastelectra.calibration.feeds import TextCalibrationReader, read_calibration_texts
 from fastelectra.convert.fuse import save_model
-from fastelectra.convert.precision import INT8_OPS, Int8Quantizer, _needs_external
+from fastelectra.convert.int8 import INT8_OPS, Int8Quantizer, needs_external_data
+from fastelectra.errors import InputError, ToolError
 
 if TYPE_CHECKING:
     from fastelectra.convert.int8_search import Rounding
@@ -41,7 +42,7 @@ def calibration_method(name: str):
         "percentile": CalibrationMethod.Percentile,
     }
     if name not in table:
-        raise ValueError(f"unknown calibration method {name!r}; expected one of {METHODS}")
+        raise InputError(f"unknown calibration method {name!r}; expected one of {METHODS}")
     return table[name]
 
 
@@ -95,7 +96,7 @@ class StaticInt8(Int8Quantizer):
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=calibration_method(self.method),
-            use_external_data_format=_needs_external(self.src),
+            use_external_data_format=needs_external_data(self.src),
             extra_options={
                 "DefaultTensorType": onnx.TensorProto.FLOAT,
                 "CalibStridedMinMax": BATCHES_PER_COLLECT,
@@ -183,7 +184,7 @@ def write_tensorrt_table(tensors: dict[str, Any], directory: Path) -> Path:
         (directory / extra).unlink(missing_ok=True)
     table = directory / TRT_CALIBRATION_FILE
     if not table.exists():
-        raise RuntimeError("onnxruntime wrote no calibration.flatbuffers")
+        raise ToolError("onnxruntime wrote no calibration.flatbuffers")
     return table
 
 

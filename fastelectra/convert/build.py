@@ -29,6 +29,7 @@ from fastelectra.bundle import (
     write_json_atomic,
 )
 from fastelectra.convert.steps import Steps, mb
+from fastelectra.errors import FastElectraError, InputError
 from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_directory
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
-class VerificationFailed(RuntimeError):
+class VerificationFailed(FastElectraError, RuntimeError):
     """The model did not match the TensorFlow original within the precision's gate."""
 
     def __init__(self, report: dict[str, Any]):
@@ -93,10 +94,11 @@ def build(
     then run here with onnxruntime alone.
     """
     from fastelectra.convert.tf_stage import run_tensorflow_stage
-    from fastelectra.convert.verify import default_texts, format_report, read_texts
+    from fastelectra.convert.verify import default_texts, format_report
+    from fastelectra.runtime.lines import read_texts
 
     if precision not in PRECISIONS:
-        raise ValueError(
+        raise InputError(
             f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}"
         )
     started = time.perf_counter()
@@ -194,8 +196,9 @@ def verify_model(
     """Compare the model at `model_path` with `reference` (a `verify.Runner`: TensorFlow live,
     or its recorded outputs) on `texts`."""
     from fastelectra.convert.verify import onnx_runner, verify
+    from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
-    encodings = encode_texts(tokenizer_path, texts, max_length)
+    encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), texts, max_length)
     return verify(
         reference,
         onnx_runner(model_path),
@@ -203,30 +206,6 @@ def verify_model(
         precision,
         fp32=onnx_runner(fp32_model) if fp32_model else None,
     )
-
-
-def encode_texts(tokenizer_path: Path, texts: list[tuple[str, str | None]], max_length: int):
-    """Encode singles and pairs (in one list) in their original order."""
-    from fastelectra.runtime.tokenizer import WordPieceTokenizer
-
-    tokenizer = WordPieceTokenizer.from_file(tokenizer_path)
-    singles = [i for i, (_, b) in enumerate(texts) if b is None]
-    pairs = [i for i, (_, b) in enumerate(texts) if b is not None]
-    encodings: list[Any] = [None] * len(texts)
-    if singles:
-        for i, e in zip(
-            singles,
-            tokenizer.encode([texts[i][0] for i in singles], max_length=max_length),
-            strict=True,
-        ):
-            encodings[i] = e
-    if pairs:
-        encoded = tokenizer.encode(
-            [texts[i][0] for i in pairs], pairs=[texts[i][1] for i in pairs], max_length=max_length
-        )
-        for i, e in zip(pairs, encoded, strict=True):
-            encodings[i] = e
-    return encodings
 
 
 def _move_model(src: Path, dst: Path) -> None:

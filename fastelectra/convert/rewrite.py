@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.transformers.onnx_model import OnnxModel
 
 from fastelectra.bundle import Dimensions
+from fastelectra.errors import FastElectraError
 
 # Ops that only move, broadcast or re-type the mask: walking through them keeps its meaning.
 _MASK_CARRIERS = {"Unsqueeze", "Reshape", "Cast", "Expand", "Squeeze", "Identity"}
@@ -43,7 +44,7 @@ QK_EQUATION = "aecd,abcd->acbe"
 CONTEXT_EQUATION = "acbe,aecd->abcd"
 
 
-class RewriteError(RuntimeError):
+class RewriteError(FastElectraError, RuntimeError):
     """The graph does not have the structure the fusion rewrites expect."""
 
 

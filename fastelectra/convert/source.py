@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fastelectra.bundle import Dimensions
+from fastelectra.errors import FastElectraError
 
 # Where a variable's name says what it is (TF Models BertEncoder, and the older
 # `official/nlp/bert` names that the 2020 exports carry). Keras uniquifies a layer name
@@ -34,7 +35,7 @@ _QUERY_KERNEL = re.compile(r"self_attention/query/kernel$")
 _INTERMEDIATE_KERNEL = re.compile(r"intermediate/kernel$")
 
 
-class SourceError(ValueError):
+class SourceError(FastElectraError, ValueError):
     """The source is missing, unreadable or not a BERT-family text encoder."""
 
 
@@ -99,18 +100,6 @@ def outputs_by_rank(outputs: Any) -> tuple[Any, Any]:
 def _shape(value: Any) -> str:
     shape = getattr(value, "shape", None)
     return str(list(shape)) if shape is not None else type(value).__name__
-
-
-def resolve_source(source: str | os.PathLike[str]) -> str:
-    """A preset name (`tiny`, `electra-large-2020`, ...) stands for its cached module, built on
-    first use; anything else is returned as it is."""
-    text = str(source)
-    if not Path(text).exists():
-        from fastelectra.convert.presets import PRESETS, preset_module
-
-        if text in PRESETS:
-            return str(preset_module(text))
-    return text
 
 
 def resolve_location(source: str | os.PathLike[str]) -> Path:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fastelectra.bundle import INPUT_NAMES, OUTPUT_NAMES
+from fastelectra.errors import InputError, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def export_onnx(source: Any, out: Path, route: str = "hollow", opset: int = OPSE
             graph_def = tf_loader.from_function(concrete, input_names, output_names)
         weights, weight_inputs = {}, []
     else:
-        raise ValueError(f"unknown export route {route!r} (hollow or plain)")
+        raise InputError(f"unknown export route {route!r} (hollow or plain)")
 
     model = _tf2onnx(graph_def, input_names + weight_inputs, output_names, renames, opset)
     result = ExportResult(out, route)
@@ -169,7 +170,7 @@ def hollow_freeze(concrete) -> tuple[Any, dict[str, Any]]:
             node.attr["shape"].shape.CopyFrom(shape)
             converted += 1
     if converted != len(weights):
-        raise RuntimeError(
+        raise ToolError(
             f"hollow freeze: {len(weights)} weights left out but {converted} placeholders made; "
             "this TensorFlow version is not supported by the hollow route (use route='plain')"
         )
@@ -194,7 +195,7 @@ def _attach_weights(model, weights: dict[str, Any], out: Path, result: ExportRes
     found = {i.name for i in graph.input} & set(by_input)
     if found != set(by_input):
         missing = sorted(set(by_input) - found)[:5]
-        raise RuntimeError(f"tf2onnx dropped weight inputs {missing}")
+        raise ToolError(f"tf2onnx dropped weight inputs {missing}")
     data_name = out.name + ".data"
     offset = 0
     with open(out.parent / data_name, "wb") as data:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fastelectra.bundle import TOKENIZER_FILE, Dimensions
+from fastelectra.errors import ToolError
 
 REFERENCE_DIR = "tensorflow-reference"
 EXPORTED_FILE = "exported.onnx"
@@ -71,7 +72,7 @@ def run_tensorflow_stage(
                 kind, value = messages.get(timeout=1.0)
             except queue.Empty:
                 if not child.is_alive():
-                    raise RuntimeError(
+                    raise ToolError(
                         f"the TensorFlow stage died (exit code {child.exitcode}); out of memory?"
                     ) from None
                 continue
@@ -116,12 +117,12 @@ def tensorflow_stage(
     say: Callable[[str], None] | None = None,
 ) -> TensorFlowStage:
     """Load `source`, export it to `work`, and record its outputs on `texts` (see module doc)."""
-    from fastelectra.convert.build import encode_texts
     from fastelectra.convert.source import load_source
     from fastelectra.convert.steps import Steps
     from fastelectra.convert.tf_export import export_onnx
     from fastelectra.convert.tokenizer import build_tokenizer
     from fastelectra.convert.verify import record_reference, tensorflow_runner
+    from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
     say = say or (lambda _message: None)
     step = Steps(say)
@@ -139,7 +140,7 @@ def tensorflow_stage(
     with step("tensorflow_reference", message):
         tokenizer = work / TOKENIZER_FILE
         build_tokenizer(src.vocab_file, src.do_lower_case).save(str(tokenizer))
-        encodings = encode_texts(tokenizer, texts, dims.max_positions)
+        encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer), texts, dims.max_positions)
         reference = record_reference(tensorflow_runner(src), encodings, work / REFERENCE_DIR)
 
     return TensorFlowStage(

@@ -30,6 +30,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from fastelectra.errors import InputError
+
 MAX_INPUT_CHARS_PER_WORD = 200  # official/nlp/bert/tokenization.py; the newer tools/ copy has 400
 UNK, CLS, SEP, PAD = "[UNK]", "[CLS]", "[SEP]", "[PAD]"
 REQUIRED_TOKENS = (CLS, SEP, UNK, PAD)
@@ -152,16 +154,16 @@ def load_vocab(vocab_file: str | Path) -> dict[str, int]:
     numbered by line; a repeated token keeps its last line number."""
     path = Path(vocab_file)
     if not path.is_file():
-        raise ValueError(f"vocab file not found: {path}")
+        raise InputError(f"vocab file not found: {path}")
     vocab: dict[str, int] = {}
     with path.open(encoding="utf-8") as reader:
         for index, line in enumerate(reader):
             vocab[line.strip()] = index
     if not vocab:
-        raise ValueError(f"vocab file is empty: {path}")
+        raise InputError(f"vocab file is empty: {path}")
     missing = [t for t in REQUIRED_TOKENS if t not in vocab]
     if missing:
-        raise ValueError(f"vocab file {path} lacks the special token(s) {', '.join(missing)}")
+        raise InputError(f"vocab file {path} lacks the special token(s) {', '.join(missing)}")
     return vocab
 
 

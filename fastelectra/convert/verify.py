@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from fastelectra.bundle import OUTPUT_NAMES
+from fastelectra.errors import InputError
+from fastelectra.runtime.lines import Text, read_texts
 
 # Gates per precision. "max_abs_diff" is an upper bound, cosines and Spearman lower bounds.
 _COSINE_INT8 = {"mean_cosine": 0.995, "min_cosine": 0.98}
@@ -31,43 +33,11 @@ THRESHOLDS: dict[str, dict[str, Any]] = {
 }
 THRESHOLDS["int8-static"] = THRESHOLDS["int8-dynamic"]
 
-Text = tuple[str, str | None]  # a text, or a pair
-
 
 def default_texts() -> list[Text]:
     """The built-in varied English set: singles, pairs and passages past 512 tokens."""
     data = resources.files("fastelectra") / "data" / "verify_texts.txt"
-    return parse_texts(data.read_text(encoding="utf-8"), "built-in verify_texts.txt")
-
-
-def read_texts(path: str | Path) -> list[Text]:
-    """One text per line; a TAB separates the two texts of a pair."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read texts ({e.strerror})") from e
-    try:
-        content = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ValueError(f"{path}: line {line} is not valid UTF-8 ({e.reason})") from e
-    return parse_texts(content, str(path))
-
-
-def parse_texts(content: str, where: str) -> list[Text]:
-    texts: list[Text] = []
-    for number, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) > 2:
-            raise ValueError(
-                f"{where}: line {number} has {len(parts) - 1} tabs (at most 1: a pair)"
-            )
-        texts.append((parts[0], parts[1] if len(parts) == 2 else None))
-    if not texts:
-        raise ValueError(f"{where}: no texts")
-    return texts
+    return read_texts(data, "built-in verify_texts.txt")
 
 
 @dataclass
@@ -225,7 +195,7 @@ def verify(
 ) -> dict[str, Any]:
     """Compare `candidate` with the TensorFlow `reference` (and with the FP32 model if given)."""
     if precision not in THRESHOLDS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(THRESHOLDS)}")
+        raise InputError(f"unknown precision {precision!r}; expected one of {sorted(THRESHOLDS)}")
     vs_tf, vs_fp32 = _Comparison(), _Comparison()
     truncated = sum(bool(e.truncated) for e in encodings)
     for ids, mask, segments, lengths in batches(encodings, batch_size):

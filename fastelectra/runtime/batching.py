@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastelectra.errors import InputError
 from fastelectra.runtime.tokenizer import Encoding, pad_batch
 
 
@@ -34,7 +35,7 @@ def check_batch_limits(batch_size: int, max_batch_tokens: int | None) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, not {type(value).__name__}")
         if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+            raise InputError(f"{name} must be >= 1, got {value}")
 
 
 def plan_batches(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from fastelectra.cli import register_subcommand
+from fastelectra.errors import DependencyMissing, InputError
 from fastelectra.runtime.lines import read_line_chunks
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ STDIO = "-"
 TRUNCATION_WARNING = re.compile(r"^(\d+) of \d+ texts were longer than max_length")
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """Options that do not go together: reported like argparse's own errors (exit status 2)."""
 
 
@@ -224,10 +225,10 @@ def embed_chunk(
     options = {name: value for name, value in given.items() if value is not None}
     try:
         return encoder.embed(texts, pooling=args.pooling, normalize=args.normalize, **options)
-    except ValueError as e:
+    except InputError as e:
         # The encoder counts texts from 0 within the chunk; say where the chunk is.
         first, last = start + 1, start + len(texts)
-        raise ValueError(
+        raise InputError(
             f"{input_name}, lines {first}-{last} (text indices count from line {first}): {e}"
         ) from e
 
@@ -471,8 +472,8 @@ def run_ray(args: argparse.Namespace) -> int:
         embed_corpus = importlib.import_module(RAY_MODULE).embed_corpus
     except ModuleNotFoundError as e:
         if e.name and RAY_MODULE.startswith(e.name):
-            raise RuntimeError(f"--ray: this fastelectra has no {RAY_MODULE}") from e
-        raise RuntimeError(f"--ray needs {e.name}: pip install 'ray[data]'") from e
+            raise DependencyMissing(f"--ray: this fastelectra has no {RAY_MODULE}") from e
+        raise DependencyMissing(f"--ray needs {e.name}: pip install 'ray[data]'") from e
     options: dict[str, object] = {"pooling": args.pooling, "normalize": args.normalize}
     # Batch size and replicas are throughput knobs: unless given, Ray mode keeps its own.
     if args.batch_size is not None:

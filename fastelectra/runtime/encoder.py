@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from fastelectra.bundle import Bundle, BundleError, BundleMeta, load_bundle
+from fastelectra.errors import InputError
 from fastelectra.runtime.batching import Batch, check_batch_limits, iter_batches
 from fastelectra.runtime.providers import Providers, external_stacklevel, plan_for_bundle
 from fastelectra.runtime.session import EncoderSession
@@ -185,7 +186,7 @@ class Encoder:
         if pairs is not None:
             pairs = check_texts(pairs, "pairs")
             if len(pairs) != len(texts):
-                raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
+                raise InputError(f"got {len(texts)} texts but {len(pairs)} pairs")
         encodings = self._tokenize(texts, pairs, long)
 
         n = len(encodings)
@@ -292,7 +293,7 @@ class Encoder:
         cut = [i for i, e in enumerate(encodings) if e.truncated]
         if cut and long == "error":
             shown = ", ".join(map(str, cut[:10])) + (", ..." if len(cut) > 10 else "")
-            raise ValueError(
+            raise InputError(
                 f"{len(cut)} of {len(texts)} texts are longer than max_length="
                 f"{self.max_length} tokens (indices {shown}); pass long='truncate' to cut them"
                 " or, with embed(), long='chunk' to embed them in windows"
@@ -386,7 +387,7 @@ def check_max_length(max_length: int | None, limit: int) -> int:
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise TypeError(f"max_length must be an int, not {type(max_length).__name__}")
     if not 3 <= max_length <= limit:
-        raise ValueError(
+        raise InputError(
             f"max_length must be between 3 and the bundle's max_sequence_length {limit}, "
             f"got {max_length}"
         )
@@ -396,6 +397,6 @@ def check_max_length(max_length: int | None, limit: int) -> int:
 def check_choice(name: str, value: object, allowed: Sequence[str], hint: str = "") -> None:
     if not isinstance(value, str) or value not in allowed:
         options = ", ".join(repr(a) for a in allowed)
-        raise ValueError(
+        raise InputError(
             f"{name} must be one of {options}, got {value!r}" + (f"; {hint}" if hint else "")
         )

@@ -12,12 +12,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from fastelectra.errors import FastElectraError
+
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 
 Buffer = bytes | bytearray | memoryview  # an mmap reads the same way
 
 
-class WireError(ValueError):
+class WireError(FastElectraError, ValueError):
     """The bytes are not a well-formed protobuf message."""
 
 

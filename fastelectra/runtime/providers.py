@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import onnxruntime as ort
 
 from fastelectra.bundle import INPUT_NAMES
+from fastelectra.errors import InputError
 
 if TYPE_CHECKING:
     from fastelectra.bundle import Bundle
@@ -124,7 +125,7 @@ def check_threads(threads: int | None) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int):
         raise TypeError(f"threads must be an int or None, not {type(threads).__name__}")
     if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise InputError(f"threads must be >= 1, got {threads}")
     return threads
 
 
@@ -209,11 +210,11 @@ def parse_spec(spec: ProviderSpec) -> tuple[str, dict[str, str], int]:
     device_id = 0
     if index:
         if not index.isdigit():
-            raise ValueError(f"bad device index in provider {spec!r} (expected e.g. 'cuda:1')")
+            raise InputError(f"bad device index in provider {spec!r} (expected e.g. 'cuda:1')")
         device_id = int(index)
     ort_name = ALIASES.get(name.lower(), name)
     if not ort_name.endswith("ExecutionProvider"):
-        raise ValueError(
+        raise InputError(
             f"unknown provider {spec!r}: use one of {', '.join(sorted(set(ALIASES)))} "
             "or an onnxruntime provider name"
         )
@@ -239,7 +240,7 @@ def plan_execution(
     """Build the `ExecutionPlan` for a model of this precision and maximum shape."""
     intra = check_threads(threads)
     if max_batch < 1 or max_length < 1:
-        raise ValueError(f"max_batch and max_length must be >= 1, got {max_batch}, {max_length}")
+        raise InputError(f"max_batch and max_length must be >= 1, got {max_batch}, {max_length}")
     names: list[str] = []
     all_options: list[dict[str, str]] = []
     cache_dirs: list[str] = []

@@ -14,9 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from fastelectra.errors import InputError
+
+if TYPE_CHECKING:
+    from fastelectra.runtime.lines import Text
 
 CLS, SEP, PAD = "[CLS]", "[SEP]", "[PAD]"
 
@@ -62,12 +68,12 @@ def check_texts(texts: Iterable[str | bytes], name: str = "texts") -> list[str]:
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError as e:
-                    raise ValueError(f"{name}[{i}] is not encodable as UTF-8: {e.reason}") from None
+                    raise InputError(f"{name}[{i}] is not encodable as UTF-8: {e.reason}") from None
         elif isinstance(text, (bytes, bytearray)):
             try:
                 text = bytes(text).decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{name}[{i}] is not valid UTF-8: {e}") from None
+                raise InputError(f"{name}[{i}] is not valid UTF-8: {e}") from None
         else:
             raise TypeError(f"{name}[{i}] must be str or bytes, got {type(text).__name__}")
         out.append(text)
@@ -98,7 +104,7 @@ class WordPieceTokenizer:
         ids = {t: tokenizer.token_to_id(t) for t in (CLS, SEP, PAD)}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
-            raise ValueError(f"tokenizer vocab lacks {', '.join(missing)}")
+            raise InputError(f"tokenizer vocab lacks {', '.join(missing)}")
         self.cls_id, self.sep_id, self.pad_id = ids[CLS], ids[SEP], ids[PAD]
         self._tok = tokenizer
         # Truncation / padding baked into a file would change what we slice; ours decide.
@@ -115,11 +121,11 @@ class WordPieceTokenizer:
         """
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"tokenizer file not found: {path}")
+            raise InputError(f"tokenizer file not found: {path}")
         try:
             tok = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception for bad JSON / schema
-            raise ValueError(f"cannot load tokenizer file {path}: {e}") from e
+            raise InputError(f"cannot load tokenizer file {path}: {e}") from e
         return cls(tok)
 
     @property
@@ -138,7 +144,7 @@ class WordPieceTokenizer:
         want = [self.cls_id, *a.ids, self.sep_id, *b.ids, self.sep_id]
         want_types = [0] * (len(a.ids) + 2) + [1] * (len(b.ids) + 1)
         if pair.ids != want or pair.type_ids != want_types:
-            raise ValueError(
+            raise InputError(
                 "tokenizer post-processor is not [CLS] A [SEP] B [SEP] with type ids 0/1"
             )
 
@@ -164,10 +170,10 @@ class WordPieceTokenizer:
         texts = check_texts(texts)
         second = None if pairs is None else check_texts(pairs, "pairs")
         if second is not None and len(second) != len(texts):
-            raise ValueError(f"pairs has {len(second)} items, texts {len(texts)}: must match")
+            raise InputError(f"pairs has {len(second)} items, texts {len(texts)}: must match")
         n_special = 2 if second is None else 3
         if int(max_length) < n_special:
-            raise ValueError(f"max_length={max_length} leaves no room for {n_special} specials")
+            raise InputError(f"max_length={max_length} leaves no room for {n_special} specials")
         budget = int(max_length) - n_special
         if not texts:
             return []
@@ -196,7 +202,7 @@ class WordPieceTokenizer:
         texts = check_texts(texts)
         second = None if pairs is None else check_texts(pairs, "pairs")
         if second is not None and len(second) != len(texts):
-            raise ValueError(f"pairs has {len(second)} items, texts {len(texts)}: must match")
+            raise InputError(f"pairs has {len(second)} items, texts {len(texts)}: must match")
         if not texts:
             return np.zeros(0, dtype=np.int64)
         batch = texts if second is None else texts + second
@@ -222,7 +228,7 @@ def pad_batch(
     longest = int(lengths.max(initial=0))
     width = longest if pad_to is None else int(pad_to)
     if width < longest:
-        raise ValueError(f"pad_to={pad_to} is shorter than the longest encoding ({longest})")
+        raise InputError(f"pad_to={pad_to} is shorter than the longest encoding ({longest})")
     mask = np.arange(width) < lengths[:, None]  # [b, L], True on real tokens
     ids = np.zeros((len(encodings), width), dtype=np.int32)
     segments = np.zeros((len(encodings), width), dtype=np.int32)
@@ -231,3 +237,28 @@ def pad_batch(
         ids[mask] = np.concatenate([e.ids for e in encodings])
         segments[mask] = np.concatenate([e.type_ids for e in encodings])
     return ids, mask.astype(np.int32), segments
+
+
+def encode_texts(
+    tokenizer: WordPieceTokenizer, texts: Sequence[Text], max_length: int
+) -> list[Encoding]:
+    """Encode singles and pairs, mixed in one list (as a text file holds them), in its order.
+
+    Singles go to the tokenizer in one batch and pairs in another, not one call per text.
+    """
+    singles = [i for i, (_, pair) in enumerate(texts) if pair is None]
+    pairs = [i for i, (_, pair) in enumerate(texts) if pair is not None]
+    encodings: list[Encoding | None] = [None] * len(texts)
+    if singles:
+        encoded = tokenizer.encode([texts[i][0] for i in singles], max_length=max_length)
+        for i, encoding in zip(singles, encoded, strict=True):
+            encodings[i] = encoding
+    if pairs:
+        encoded = tokenizer.encode(
+            [texts[i][0] for i in pairs],
+            pairs=[texts[i][1] or "" for i in pairs],
+            max_length=max_length,
+        )
+        for i, encoding in zip(pairs, encoded, strict=True):
+            encodings[i] = encoding
+    return [e for e in encodings if e is not None]  # all are; this tells the type checker

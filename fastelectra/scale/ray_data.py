@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fastelectra.errors import InputError
 from fastelectra.runtime.encoder import POOLINGS
 from fastelectra.runtime.lines import read_line_chunks
 
@@ -111,12 +112,12 @@ def embed_corpus(
     import ray.data
 
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     for name, value in (("batch_size", batch_size), ("replicas", replicas)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise InputError(f"{name} must be a positive int, got {value!r}")
     if cpus_per_replica <= 0:
-        raise ValueError(f"cpus_per_replica must be > 0, got {cpus_per_replica}")
+        raise InputError(f"cpus_per_replica must be > 0, got {cpus_per_replica}")
     # Fail here, not inside an actor: a bad bundle would otherwise surface as a Ray task error.
     from fastelectra.bundle import load_bundle
 
@@ -168,11 +169,11 @@ def read_corpus(input_path: str, text_column: str) -> ray.data.Dataset:
         schema = dataset.schema()
         names = list(schema.names) if schema is not None else []
         if text_column not in names:
-            raise ValueError(
+            raise InputError(
                 f"{input_path}: no column {text_column!r} (columns: {', '.join(names) or 'none'})"
             )
         if EMBEDDING_COLUMN in names:
-            raise ValueError(f"{input_path}: already has an {EMBEDDING_COLUMN!r} column")
+            raise InputError(f"{input_path}: already has an {EMBEDDING_COLUMN!r} column")
         return dataset
     # Read here and handed to Ray block by block, not with ray.data.read_text: that splits
     # with str.splitlines() (U+2028, form feed, ... end a line) and drops blank lines, where

@@ -32,6 +32,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
 from ray import serve
 
+from fastelectra.errors import InputError
 from fastelectra.runtime.encoder import POOLINGS
 from fastelectra.runtime.tokenizer import check_texts
 from fastelectra.serve.schemas import OpenAIEmbeddingRequest, openai_embeddings
@@ -187,7 +188,7 @@ def build_app(
     from fastelectra.bundle import load_bundle
 
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     for name, value in (
         ("max_batch_size", max_batch_size),
         ("replicas", replicas),
@@ -195,9 +196,9 @@ def build_app(
         ("max_input_chars", max_input_chars),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise InputError(f"{name} must be a positive int, got {value!r}")
     if batch_wait_timeout_s < 0 or cpus_per_replica <= 0 or gpus_per_replica < 0:
-        raise ValueError("batch_wait_timeout_s and gpus_per_replica must be >= 0, cpus > 0")
+        raise InputError("batch_wait_timeout_s and gpus_per_replica must be >= 0, cpus > 0")
     path = Path(bundle).absolute()
     load_bundle(path, verify_hashes=False)  # fail here, not in a replica that Serve restarts
 

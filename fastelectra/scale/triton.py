@@ -34,6 +34,7 @@ from fastelectra.bundle import (
     load_bundle,
     staged_directory,
 )
+from fastelectra.errors import DependencyMissing, InputError
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -67,17 +68,17 @@ class TritonOptions:
         for name in ("max_batch_size", "instances"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InputError(f"{name} must be a positive int, got {value!r}")
         if self.max_queue_delay_us < 0:
-            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+            raise InputError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise InputError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.tensorrt and self.kind != "KIND_GPU":
-            raise ValueError("TensorRT runs only on KIND_GPU instances")
+            raise InputError("TensorRT runs only on KIND_GPU instances")
         for name in ("server_repository", "trt_cache_dir"):
             value = getattr(self, name)
             if value is not None and not value.startswith("/"):
-                raise ValueError(f"{name} must be an absolute path on the server, got {value!r}")
+                raise InputError(f"{name} must be an absolute path on the server, got {value!r}")
 
     @property
     def uses_tensorrt(self) -> bool:
@@ -106,7 +107,7 @@ def export_triton(
     source = load_bundle(bundle)
     name = name if name is not None else source.path.absolute().name
     if not MODEL_NAME.fullmatch(name):
-        raise ValueError(
+        raise InputError(
             f"model name {name!r} must be letters, digits, '_', '.' or '-' (and not start with"
             " '.' or '-'); pass --name"
         )
@@ -142,9 +143,9 @@ def model_config(
     pb = _model_config_pb2()
     meta = bundle.meta
     if meta.input_dtype not in TRITON_TYPES:
-        raise ValueError(f"bundle input dtype {meta.input_dtype!r} has no Triton type")
+        raise InputError(f"bundle input dtype {meta.input_dtype!r} has no Triton type")
     if len(meta.outputs) != 2:
-        raise ValueError(f"expected outputs (pooled, sequence), the bundle has {meta.outputs}")
+        raise InputError(f"expected outputs (pooled, sequence), the bundle has {meta.outputs}")
     hidden = meta.dimensions.hidden
     pooled, sequence = meta.outputs
 
@@ -269,7 +270,7 @@ def _model_config_pb2():
     try:
         from tritonclient.grpc import model_config_pb2
     except (ImportError, RuntimeError) as e:  # tritonclient raises RuntimeError without grpc
-        raise RuntimeError(
+        raise DependencyMissing(
             f"export-triton needs tritonclient's model config ({e}): "
             "pip install 'fastelectra[triton]'"
         ) from e

@@ -35,6 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fastelectra.errors import FastElectraError, InputError
 from fastelectra.runtime.tokenizer import Encoding
 
 log = logging.getLogger("fastelectra.serve")
@@ -50,7 +51,7 @@ RATE_SMOOTHING = 0.2
 ARRIVAL_SMOOTHING = 0.2
 
 
-class QueueFull(Exception):
+class QueueFull(FastElectraError):
     """The queue holds `max_queue` requests; try again in `retry_after_s` seconds."""
 
     def __init__(self, max_queue: int, retry_after_s: int) -> None:
@@ -59,7 +60,7 @@ class QueueFull(Exception):
         self.retry_after_s = retry_after_s
 
 
-class BatcherClosed(Exception):
+class BatcherClosed(FastElectraError):
     """The server is shutting down and takes no new work."""
 
 
@@ -104,7 +105,7 @@ class Batcher:
         observer: BatchObserver | None = None,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or max_queue < 1 or max_wait_s < 0:
-            raise ValueError("batch limits and max_queue must be >= 1, max_wait_s >= 0")
+            raise InputError("batch limits and max_queue must be >= 1, max_wait_s >= 0")
         self._runner = runner
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -141,7 +142,7 @@ class Batcher:
             Exception: whatever the runner raised for this request run alone.
         """
         if not encodings:
-            raise ValueError("a request needs at least one text")
+            raise InputError("a request needs at least one text")
         if self._closing or self._task is None:
             raise BatcherClosed("the server is shutting down" if self._closing else "not started")
         if len(self._waiting) >= self.max_queue:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastelectra.errors import InputError
+
 # Mean pooling + unit length is what embedding users expect: it is how sentence-transformers
 # models (MiniLM, the demo bundle) are trained and compared, and TF Hub BERT/ELECTRA
 # `pooled_output` is a next-sentence / discriminator head, not a similarity embedding.
@@ -32,7 +34,7 @@ class Limits:
                 raise TypeError(f"{name} must be a number, not {type(value).__name__}")
             allow_zero = name in ("max_wait_ms", "shutdown_timeout_s")
             if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-                raise ValueError(f"{name} must be {'>= 0' if allow_zero else '>= 1'}, got {value}")
+                raise InputError(f"{name} must be {'>= 0' if allow_zero else '>= 1'}, got {value}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,8 +62,8 @@ class ServeConfig:
         from fastelectra.runtime.encoder import POOLINGS
 
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+            raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.run_overhead_tokens is not None and not self.run_overhead_tokens >= 0:
-            raise ValueError(f"run_overhead_tokens must be >= 0, got {self.run_overhead_tokens}")
+            raise InputError(f"run_overhead_tokens must be >= 0, got {self.run_overhead_tokens}")
         if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("the API key must not be empty")
+            raise InputError("the API key must not be empty")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from fastelectra.errors import FastElectraError
+
 OPENAI_PREFIX = "/v1/"
 
 # TEI's `error_type`s, by HTTP status (text-embeddings-inference's router).
@@ -32,7 +34,7 @@ OPENAI_ERROR_TYPES = {
 }
 
 
-class ApiError(Exception):
+class ApiError(FastElectraError):
     """A request answered with `status` and a JSON error; raised anywhere in a handler."""
 
     def __init__(
