@@ -98,3 +98,21 @@ def test_a_bare_gelu_does_not_count_as_fused(tiny_source):
     assert FusionReport({**base, "BiasGelu": dims.layers}, expected).complete
     # GELU fused but its bias Add left apart: not the kernel the issue asks for.
     assert not FusionReport({**base, "Gelu": dims.layers}, expected).complete
+
+
+def test_the_streamed_writer_writes_the_model_onnx_save_would(fused, tmp_path):
+    """`modelfile.write_inline` (bounded memory) parses back to the same model, and runs."""
+    from fastelectra.convert.modelfile import write_inline
+
+    _, path, _ = fused
+    model = onnx.load(str(path))
+    write_inline(model, tmp_path / "streamed.onnx")
+    again = onnx.load(str(tmp_path / "streamed.onnx"))
+    assert again == model
+    assert len(again.graph.initializer) == len(model.graph.initializer) > 10
+    ids = np.array([[101, 7592, 2088, 102]], np.int32)
+    expected = _run(path, ids, np.ones_like(ids))
+    for got, want in zip(
+        _run(tmp_path / "streamed.onnx", ids, np.ones_like(ids)), expected, strict=True
+    ):
+        np.testing.assert_array_equal(got, want)

@@ -22,7 +22,12 @@ import onnx
 from fastelectra.bundle import TRT_CALIBRATION_FILE
 from fastelectra.calibration.feeds import TextCalibrationReader, read_calibration_texts
 from fastelectra.convert.fuse import save_model
-from fastelectra.convert.int8 import INT8_OPS, Int8Quantizer, needs_external_data
+from fastelectra.convert.int8 import (
+    INT8_OPS,
+    Int8Quantizer,
+    inline_if_it_fits,
+    weightless_shape_inference,
+)
 from fastelectra.errors import InputError, ToolError
 
 if TYPE_CHECKING:
@@ -31,6 +36,8 @@ if TYPE_CHECKING:
 METHODS = ("minmax", "entropy", "percentile")
 # Batches of intermediate outputs held before folding them into ranges / histograms.
 BATCHES_PER_COLLECT = 1
+# Initializers read in for symbolic shape inference: shape-like constants, not weight matrices.
+SMALL_TENSOR_BYTES = 1 << 20
 
 
 def calibration_method(name: str):
@@ -85,28 +92,31 @@ class StaticInt8(Int8Quantizer):
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         first = not self.cache.exists()
-        quantize_static(
-            str(self.src),
-            str(self.dst),
-            self.reader if first else None,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=INT8_OPS,
-            nodes_to_exclude=fp32_nodes,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=calibration_method(self.method),
-            use_external_data_format=needs_external_data(self.src),
-            extra_options={
-                "DefaultTensorType": onnx.TensorProto.FLOAT,
-                "CalibStridedMinMax": BATCHES_PER_COLLECT,
-                "ActivationSymmetric": True,
-                # Symmetric ranges (lowest = -highest) also make the TensorRT table right:
-                # onnxruntime writes max(highest, lowest) there, not max(|highest|, |lowest|).
-                "CalibTensorRangeSymmetric": True,
-            },
-            calibration_cache_path=str(self.cache),
-        )
+        with weightless_shape_inference():
+            quantize_static(
+                str(self.src),
+                str(self.dst),
+                self.reader if first else None,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=INT8_OPS,
+                nodes_to_exclude=fp32_nodes,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calibration_method(self.method),
+                # Written tensor by tensor, then inlined if it fits (`inline_if_it_fits`).
+                use_external_data_format=True,
+                extra_options={
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                    "CalibStridedMinMax": BATCHES_PER_COLLECT,
+                    "ActivationSymmetric": True,
+                    # Symmetric ranges (lowest = -highest) also make the TensorRT table right:
+                    # onnxruntime writes max(highest, lowest) there, not max(|highest|, |lowest|).
+                    "CalibTensorRangeSymmetric": True,
+                },
+                calibration_cache_path=str(self.cache),
+            )
+        inline_if_it_fits(self.dst)
         if first and self.table_dir is not None:
             from onnxruntime.quantization.calibrate import load_tensors_data
 
@@ -151,15 +161,25 @@ class StaticInt8(Int8Quantizer):
 
 def typed_copy(src: Path, dst: Path) -> Path:
     """`src` with every intermediate tensor's type and shape annotated (weights untouched)."""
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     graph_only = onnx.load(str(src), load_external_data=False)
+    # Shape inference reads the values of shape-like constants (small); weight matrices stay on
+    # disk. For an inline `src` everything is loaded already.
+    for tensor in graph_only.graph.initializer:
+        if uses_external_data(tensor) and _external_length(tensor) < SMALL_TENSOR_BYTES:
+            load_external_data_for_tensor(tensor, str(src.parent))
     typed = SymbolicShapeInference.infer_shapes(graph_only, auto_merge=True)
     model = onnx.load(str(src))
     model.graph.value_info.extend(typed.graph.value_info)
     del graph_only, typed
     save_model(model, dst)
     return dst
+
+
+def _external_length(tensor: onnx.TensorProto) -> int:
+    return int(next((e.value for e in tensor.external_data if e.key == "length"), 0))
 
 
 def write_tensorrt_table(tensors: dict[str, Any], directory: Path) -> Path:

@@ -116,7 +116,9 @@ def build(
         with step("fuse", "fusing into onnxruntime transformer kernels"):
             from fastelectra.convert.fuse import fuse
 
-            fusion = fuse(stage.exported, work / "fused.onnx", dims)
+            # The FP32 graph is the bundle's model at fp32; otherwise only the next step's input.
+            external = precision != "fp32"
+            fusion = fuse(stage.exported, work / "fused.onnx", dims, external_data=external)
         say(f"  fused ops: {fusion.counts}")
         with staged_directory(out) as staging:
             shutil.copyfile(stage.tokenizer, staging / TOKENIZER_FILE)

@@ -20,6 +20,7 @@ from pathlib import Path
 import onnx
 
 from fastelectra.bundle import Dimensions
+from fastelectra.convert.modelfile import write_inline
 from fastelectra.convert.rewrite import EinsumOutputProjection, rewrite_for_fusion
 from fastelectra.errors import FastElectraError
 
@@ -77,8 +78,19 @@ def fused_counts(model: onnx.ModelProto) -> dict[str, int]:
     return counts
 
 
-def fuse(src: Path, dst: Path, dims: Dimensions, allow_partial: bool = False) -> FusionReport:
-    """Fuse the ONNX model at `src` (external data beside it) and save it to `dst`."""
+def fuse(
+    src: Path,
+    dst: Path,
+    dims: Dimensions,
+    allow_partial: bool = False,
+    external_data: bool = False,
+) -> FusionReport:
+    """Fuse the ONNX model at `src` (external data beside it) and save it to `dst`.
+
+    `external_data` keeps the weights in `dst`.data whatever their size: for a model that is
+    only a step's input (the FP32 graph an INT8 or FP16 build starts from), so that the next
+    step's shape inference and loading do not parse the weights twice.
+    """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -116,20 +128,21 @@ def fuse(src: Path, dst: Path, dims: Dimensions, allow_partial: bool = False) ->
             f"fusion incomplete: got {report.counts}, expected {report.expected}; "
             "the model would run unfused (slow). Graph patterns changed? See rewrite.py"
         )
-    save_model(optimized.model, dst)
+    save_model(optimized.model, dst, external_data=external_data)
     return report
 
 
-def save_model(model: onnx.ModelProto, dst: Path) -> None:
-    """Save inline when it fits in one protobuf, else with `<name>.data` external weights."""
+def save_model(model: onnx.ModelProto, dst: Path, external_data: bool = False) -> None:
+    """Save inline when it fits in one protobuf (and `external_data` is not asked for), else
+    with `<name>.data` external weights."""
     domains = {o.domain for o in model.opset_import}
     if "com.microsoft" not in domains:
         # Fused contrib ops live there; onnx's checker and shape inference need the import.
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     size = sum(_tensor_bytes(t) for t in model.graph.initializer)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if size < INLINE_LIMIT_BYTES:
-        onnx.save(model, str(dst))
+    if size < INLINE_LIMIT_BYTES and not external_data:
+        write_inline(model, dst)
     else:
         onnx.save(
             model,

@@ -9,6 +9,8 @@ dependency runs one way: precision -> calibration.static -> int8.
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,17 +63,20 @@ class DynamicInt8(Int8Quantizer):
     def _write(self, fp32_nodes: list[str]) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(
-            str(self.src),
-            str(self.dst),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=INT8_OPS,
-            nodes_to_exclude=fp32_nodes,
-            use_external_data_format=needs_external_data(self.src),
-            # The fused contrib ops carry no type information onnxruntime's quantizer reads.
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        with weightless_shape_inference():
+            quantize_dynamic(
+                str(self.src),
+                str(self.dst),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=INT8_OPS,
+                nodes_to_exclude=fp32_nodes,
+                # Written tensor by tensor, then inlined if it fits (`inline_external_data`).
+                use_external_data_format=True,
+                # The fused contrib ops carry no type information onnxruntime's quantizer reads.
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        inline_if_it_fits(self.dst)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -82,11 +87,61 @@ class DynamicInt8(Int8Quantizer):
         }
 
 
-def needs_external_data(path: Path) -> bool:
-    """Whether a quantised copy of the model at `path` must keep its weights in a `.data` file
-    (protobuf cannot hold 2 GiB inline), counting the weights `path` itself keeps outside."""
-    from fastelectra.convert.fuse import INLINE_LIMIT_BYTES
+@contextlib.contextmanager
+def weightless_shape_inference() -> Iterator[None]:
+    """onnxruntime's quantizers, shape inference run on the graph without its weights.
 
-    data = path.with_name(path.name + ".data")
-    size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-    return size >= INLINE_LIMIT_BYTES
+    To learn the value infos, onnxruntime 1.31's quantizers call
+    `save_and_reload_model_with_shape_infer(model)`: a deep copy of the model, saved, shape-
+    inferred and loaded again, while the model it came from is still held; with the loaded
+    model that is three copies of the weights (3.9 GB for ELECTRA-large) before one is
+    quantised. Shape inference needs the initializers' types and dims, not their bytes: here it
+    runs on a copy whose large tensors carry no data, its value infos are written into the
+    model itself, and the model (not a copy) is returned. The quantised model is the same
+    (`tests/test_precision.py` compares them).
+    """
+    from onnxruntime.quantization import base_quantizer, onnx_quantizer
+
+    modules = (base_quantizer, onnx_quantizer)
+    originals = [m.save_and_reload_model_with_shape_infer for m in modules]
+    for module in modules:
+        module.save_and_reload_model_with_shape_infer = infer_shapes_in_place
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals, strict=True):
+            module.save_and_reload_model_with_shape_infer = original
+
+
+def infer_shapes_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with the value infos onnx's shape inference gives it (see above)."""
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    inferred = onnx.shape_inference.infer_shapes(_without_large_data(model))
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    add_infer_metadata(model)
+    return model
+
+
+def _without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose initializers of 1 KiB or more keep their type and dims only."""
+    from fastelectra.convert.modelfile import copy_without
+
+    graph = copy_without(model.graph, "initializer")
+    for tensor in model.graph.initializer:
+        if len(tensor.raw_data) < 1024:
+            graph.initializer.append(tensor)
+        else:
+            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    copy = copy_without(model, "graph")
+    copy.graph.CopyFrom(graph)
+    return copy
+
+
+def inline_if_it_fits(path: Path) -> None:
+    """A quantiser's output, written with external data, inlined when protobuf can hold it."""
+    from fastelectra.convert.fuse import INLINE_LIMIT_BYTES
+    from fastelectra.convert.modelfile import inline_external_data
+
+    inline_external_data(path, INLINE_LIMIT_BYTES)

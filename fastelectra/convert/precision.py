@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,7 +109,13 @@ def tune_int8(
         spread_sample,
         tightened,
     )
-    from fastelectra.convert.verify import THRESHOLDS, onnx_runner, verify
+    from fastelectra.convert.verify import (
+        THRESHOLDS,
+        onnx_runner,
+        record_reference,
+        recorded_runner,
+        verify,
+    )
     from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
     corpus = read_calibration_texts(texts)
@@ -120,14 +127,19 @@ def tune_int8(
         quantizer.activation_rounding(),
     )
     check = spread_sample(encodings, CHECK_TEXTS, key=lambda e: len(e.ids))
-    reference = onnx_runner(fused)
+    with tempfile.TemporaryDirectory(prefix=".fp32-reference-", dir=fused.parent) as folder:
+        # The FP32 outputs once, its session gone before the first candidate is quantised:
+        # otherwise its weights stay resident beside each quantisation's own copy.
+        record_reference(onnx_runner(fused), check, Path(folder))
 
-    def evaluate() -> dict[str, Any]:
-        return verify(reference, onnx_runner(quantizer.dst), check, precision)
+        def evaluate() -> dict[str, Any]:
+            return verify(
+                recorded_runner(Path(folder)), onnx_runner(quantizer.dst), check, precision
+            )
 
-    return search_fp32_nodes(
-        ranked, quantizer.quantize, evaluate, tightened(THRESHOLDS[precision]), progress
-    )
+        return search_fp32_nodes(
+            ranked, quantizer.quantize, evaluate, tightened(THRESHOLDS[precision]), progress
+        )
 
 
 def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
