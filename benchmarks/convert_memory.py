@@ -4,7 +4,7 @@
 
 Stages: `export` (load the SavedModel, tf2onnx hollow route -> ONNX + external data) and
 `fuse` (rewrite + onnxruntime fusion). Each runs in a fresh subprocess so its peak RSS
-(`ru_maxrss` of the child) is its own. Writes benchmarks/results/<date>-<host>/convert-<preset>.json.
+(`ru_maxrss` of the child) is its own. Writes benchmarks/results/<date>-<cpu>/convert-<preset>.json.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 STAGE_CODE = {
@@ -98,7 +97,9 @@ def main() -> int:
             results["stages"].append(result)
             if not result["ok"]:
                 break
-    out = Path(__file__).parent / "results" / f"{date.today()}-{platform.node()}"
+    from fastelectra.bench.machine import results_dir
+
+    out = results_dir(Path(__file__).parent / "results")
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"convert-{args.preset}-{args.route}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")

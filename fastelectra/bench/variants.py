@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastelectra.bench.weights import WeightBytes, fp32_weight_bytes, model_weight_bytes
 from fastelectra.bundle import OUTPUT_NAMES, Bundle, Dimensions, load_bundle
 from fastelectra.runtime.encoder import Encoder
 from fastelectra.runtime.providers import Providers, plan_execution, plan_for_bundle
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 
 TENSORFLOW = "tensorflow"
 ONNXRUNTIME = "onnxruntime"
+# Every onnxruntime session `bench` times runs with its threads' spinning off: onnxruntime's
+# workers otherwise spin for work after a run returns and take the cores of the variant timed
+# next (measured in fastelectra/bench/cells.py's doc). Serving keeps onnxruntime's default.
+BENCH_ALLOW_SPINNING = False
 
 
 class Variant(ABC):
@@ -44,6 +49,8 @@ class Variant(ABC):
     load_seconds: float = 0.0
     # RSS growth of the benchmark process while this variant loaded (None: not measured)
     load_rss_mib: float | None = None
+    # What one call reads from its weights, for the floor's memory bound (None: unknown)
+    weight_bytes: WeightBytes | None = None
 
     @abstractmethod
     def prepare(self, ids: np.ndarray, mask: np.ndarray, segments: np.ndarray) -> Any: ...
@@ -61,6 +68,7 @@ class Variant(ABC):
             "spec": self.spec,
             "load_s": round(self.load_seconds, 2),
             "in_process_load_rss_mib": self.load_rss_mib,
+            "weights": self.weight_bytes.to_json() if self.weight_bytes else None,
         }
 
 
@@ -84,6 +92,7 @@ class OnnxVariant(Variant):
         self.bundle = bundle
         self.quantization = bundle.meta.quantization if bundle else {}
         self.device = session.device
+        self.weight_bytes = model_weight_bytes(session.model_path)
 
     @classmethod
     def from_bundle(
@@ -92,16 +101,20 @@ class OnnxVariant(Variant):
         providers: Providers = None,
         threads: int | None = None,
         split_skip_layernorm: bool = True,
+        allow_spinning: bool = BENCH_ALLOW_SPINNING,
     ) -> OnnxVariant:
         """``split_skip_layernorm=False`` keeps onnxruntime's CPU SkipLayerNorm kernel (named
-        ``<bundle>+ort-skipln``), to measure what `cpu_view`'s split is worth."""
+        ``<bundle>+ort-skipln``), to measure what `cpu_view`'s split is worth.
+        ``allow_spinning=True`` keeps onnxruntime's spinning threads (`BENCH_ALLOW_SPINNING`)."""
         started = time.perf_counter()
         bundle = load_bundle(path)
         meta = bundle.meta
         plan = plan_for_bundle(bundle, providers, threads)
         session = EncoderSession(
             bundle.model_path,
-            dataclasses.replace(plan, split_skip_layernorm=split_skip_layernorm),
+            dataclasses.replace(
+                plan, split_skip_layernorm=split_skip_layernorm, allow_spinning=allow_spinning
+            ),
             inputs=meta.inputs,
             outputs=meta.outputs,
             input_dtype=meta.input_dtype,
@@ -111,6 +124,9 @@ class OnnxVariant(Variant):
         if not split_skip_layernorm:
             spec["split_skip_layernorm"] = False
             name += "+ort-skipln"
+        if allow_spinning != BENCH_ALLOW_SPINNING:
+            spec["allow_spinning"] = allow_spinning
+            name += "+spinning"
         variant = cls(name, session, meta.precision, meta.dimensions, spec, bundle)
         variant.load_seconds = time.perf_counter() - started
         return variant
@@ -127,7 +143,10 @@ class OnnxVariant(Variant):
     ) -> OnnxVariant:
         """A bare ONNX file with the bundle IO (e.g. the unfused export, which is no bundle)."""
         started = time.perf_counter()
-        session = EncoderSession(model_path, plan_execution(providers, threads))
+        plan = dataclasses.replace(
+            plan_execution(providers, threads), allow_spinning=BENCH_ALLOW_SPINNING
+        )
+        session = EncoderSession(model_path, plan)
         spec = {
             "kind": "model",
             "name": name,
@@ -168,6 +187,7 @@ class OnnxVariant(Variant):
             "providers": list(self.session.providers),
             "intra_op_threads": plan.intra_op_num_threads,
             "inter_op_threads": plan.inter_op_num_threads,
+            "allow_spinning": plan.allow_spinning,
             "quantization": self.quantization,
         }
 
@@ -213,6 +233,7 @@ class TensorFlowVariant(Variant):
         self.source = source
         self.threads = threads
         self.dimensions = source.dimensions
+        self.weight_bytes = fp32_weight_bytes(source.dimensions)  # no ONNX file to read
         self.function = source.inference_function()
         self.name = TENSORFLOW
         self.spec = {
@@ -254,6 +275,7 @@ def variant_from_spec(spec: dict[str, Any]) -> Variant:
             spec.get("providers"),
             spec.get("threads"),
             spec.get("split_skip_layernorm", True),
+            spec.get("allow_spinning", BENCH_ALLOW_SPINNING),
         )
     if kind == "model":
         return OnnxVariant.from_model(
