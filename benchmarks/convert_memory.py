@@ -3,6 +3,8 @@
     python benchmarks/convert_memory.py --preset electra-large-2020 \\
         [--precisions fp32,fp16,int8-dynamic,int8-static] [--build-args "..."] [--out DIR]
 
+(`--out` defaults to benchmarks/results/<date>-<cpu kind>/.)
+
 Each precision is one fresh `fastelectra build PRESET -o OUT --precision P` under
 `/usr/bin/time -v`, with the default verification and calibration sets unless `--build-args`
 says otherwise. Two peaks are recorded: GNU time's "Maximum resident set size" (the largest
@@ -125,8 +127,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--preset", default="electra-large-2020")
     parser.add_argument("--precisions", default="fp32,fp16,int8-dynamic,int8-static")
     parser.add_argument("--build-args", default="", help="extra `fastelectra build` arguments")
-    parser.add_argument("--out", type=Path, required=True, help="results directory")
+    parser.add_argument("--out", type=Path, default=None, help="results directory")
     args = parser.parse_args(argv)
+    if args.out is None:  # benchmarks/results/<date>-<cpu kind>/
+        from fastelectra.bench.machine import results_dir
+
+        args.out = results_dir(Path(__file__).parent / "results")
 
     # Build the module first, outside the measured commands (a preset is built once, cached).
     subprocess.run(

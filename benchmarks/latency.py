@@ -12,17 +12,15 @@ SkipLayerNormalization kernel, which the runtime otherwise replaces (`runtime/cp
 (`fastelectra/bench/gemm_chain.py`): the INT8 bundle's lower bound with onnxruntime's kernels.
 Takes every `fastelectra bench` option; the defaults here are the issue-3 cell
 (batch 1, seq 128, 2 threads, 10 s per variant). Writes
-benchmarks/results/<date>-<host>/latency-<source>-b<batch>-s<seq>/ unless --out is given.
+benchmarks/results/<date>-<cpu>/latency-<source>-b<batch>-s<seq>/ unless --out is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 UNFUSED = "onnx-fp32-unfused"
@@ -30,6 +28,7 @@ UNFUSED = "onnx-fp32-unfused"
 
 def main(argv: list[str] | None = None) -> int:
     from fastelectra.bench import cli
+    from fastelectra.bench.machine import results_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.configure(parser)
@@ -50,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.source:
         parser.error("--source is required: the TensorFlow original and the unfused export")
     if args.out is None:
-        host = platform.node().split(".")[0] or "host"
         name = f"latency-{Path(args.source).name}-b{args.batch[0]}-s{args.seq[0]}"
-        args.out = str(Path(__file__).parent / "results" / f"{date.today()}-{host}" / name)
+        args.out = str(results_dir(Path(__file__).parent / "results") / name)
 
     from fastelectra.bench.variants import (
         OnnxVariant,

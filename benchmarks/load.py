@@ -11,7 +11,7 @@ so that drift in what else runs on the machine hits both alike. Every vector is 
 against `Encoder.embed` run directly on that request's own texts: a result delivered to the
 wrong request counts as a mismatch. With `--url` it measures one running server (loopback only).
 
-Writes benchmarks/results/<date>-<host>/load-<bundle name>.json: machine, cores, versions,
+Writes benchmarks/results/<date>-<cpu>/load-<bundle name>.json: machine, cores, versions,
 commit, settings, and per mode throughput, latency percentiles, errors, mismatches and the
 server's own batch figures from /metrics.
 """
@@ -24,7 +24,6 @@ import base64
 import contextlib
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -33,7 +32,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -147,10 +145,11 @@ def main() -> int:
             report["unbatched_vs_batched_server_cpu_per_request"] = round(
                 cost["unbatched"] / cost["batched"], 2
             )
+    from fastelectra.bench.machine import results_dir
+
     out = args.out or (
-        ROOT / "benchmarks" / "results" / f"{date.today()}-{platform.node()}"
-        / f"load-{args.bundle.resolve().name}.json"
-    )  # fmt: skip
+        results_dir(ROOT / "benchmarks" / "results") / f"load-{args.bundle.resolve().name}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

@@ -8,17 +8,15 @@ batch 1 × 128 tokens and batch 8 × 128, timed interleaved in one process. Both
 LayerNorm(input + skip + bias) · gamma + beta; the split one runs with onnxruntime's
 `SkipLayerNormFusion` disabled, as the runtime does, so that it is not fused back. Writes
 ``skip_layernorm.json`` (with the machine and versions) to --out, default
-benchmarks/results/<date>-<host>/.
+benchmarks/results/<date>-<cpu>/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from fastelectra.bench.machine import machine_info
+from fastelectra.bench.machine import machine_info, results_dir
 from fastelectra.runtime.cpu_view import SKIP_LAYERNORM_FUSION
 
 SHAPES = [(1, 128, 768), (1, 128, 1024), (8, 128, 768), (8, 128, 1024)]
@@ -126,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per shape")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    out = args.out or (
-        Path(__file__).parent
-        / "results"
-        / f"{date.today()}-{platform.node().split('.')[0] or 'host'}"
-    )
+    out = args.out or results_dir(Path(__file__).parent / "results")
     result = {
         "command": " ".join(["python", "benchmarks/skip_layernorm.py", *(argv or sys.argv[1:])]),
         "threads": args.threads,

@@ -87,6 +87,16 @@ def test_bench_tiny_bundle_grid_memory_traffic(tiny_bundle, tmp_path):
     assert mem["peak_rss_mib"] >= mem["rss_after_load_mib"] > mem["rss_after_imports_mib"] > 0
     check_cells(results, [name], [1, 2], [8, 32])
     assert [r["p50_over_" + name] for r in results["relative_p50"]] == [1.0] * 4
+    bandwidth = results["memory_bandwidth"]
+    assert bandwidth["threads"] == 1 and bandwidth["gb_per_s"] > 0
+    assert bandwidth["buffer_mib"] * 2**20 >= (machine["llc_bytes"] or 0)
+    assert variant["weights"]["read_per_call_mb"] > 0
+    for c in results["cells"]:
+        bounds = {"compute": c["compute_floor_ms"], "memory": c["memory_floor_ms"]}
+        assert c["floor_ms"] == max(bounds.values()) and c["floor_bound"] in bounds
+        assert c["floor_ms"] == bounds[c["floor_bound"]]
+    assert set(machine["isa"]) >= {"AVX2", "AVX-512", "AVX512-VNNI", "AVX-VNNI", "AMX"}
+    assert machine["cpu_kind"]
 
     traffic = results["traffic"]
     assert traffic["texts"] == 12 and traffic["pad_to"] == 128
@@ -107,6 +117,8 @@ def test_bench_tiny_bundle_grid_memory_traffic(tiny_bundle, tmp_path):
         assert (out / plot).read_bytes()[:8] == PNG_MAGIC
     markdown = (out / "results.md").read_text()
     assert markdown.startswith("### bench-tiny") and "| variant | batch | seq |" in markdown
+    assert "| bound |" in markdown and "Memory bandwidth at 1 threads" in markdown
+    assert "AVX512-VNNI" in markdown and "AMX" in markdown
 
 
 @pytest.mark.filterwarnings("ignore:TensorFlow was already initialised:RuntimeWarning")
@@ -234,3 +246,116 @@ def test_int8_gemm_chain_is_the_weight_products_of_the_floor(tmp_path):
     assert pooled.shape == (batch, dims.hidden) and sequence.shape == (batch, seq, dims.hidden)
     # The scales keep activations in an ordinary range through every layer.
     assert np.isfinite(sequence).all() and 0.1 < sequence.std() < 10
+
+
+def test_bench_sessions_run_with_spinning_off(tiny_bundle):
+    from fastelectra.bench.variants import OnnxVariant, variant_from_spec
+    from fastelectra.runtime.providers import plan_execution
+
+    key = "session.intra_op.allow_spinning"
+    # Serving keeps onnxruntime's default: no entry, threads spin.
+    serving = plan_execution("cpu", 1)
+    assert serving.allow_spinning
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        serving.session_options().get_session_config_entry(key)
+    variant = OnnxVariant.from_bundle(tiny_bundle, "cpu", 1)
+    plan = variant.session.plan
+    assert not plan.allow_spinning and variant.describe()["allow_spinning"] is False
+    options = plan.session_options()
+    assert options.get_session_config_entry(key) == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    # The memory runs rebuild each variant from its spec: the same sessions.
+    assert not variant_from_spec(variant.spec).session.plan.allow_spinning
+    spinning = OnnxVariant.from_bundle(tiny_bundle, "cpu", 1, allow_spinning=True)
+    assert spinning.session.plan.allow_spinning and spinning.name.endswith("+spinning")
+    assert variant_from_spec(spinning.spec).session.plan.allow_spinning
+
+
+def test_cpu_kind_names_family_and_widest_isa(tmp_path):
+    from fastelectra.bench.machine import cpu_kind, isa_features
+
+    def kind(model: str, vendor: str, flags: str) -> str:
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"vendor_id\t: {vendor}\nmodel name\t: {model}\nflags\t\t: {flags}\n")
+        return cpu_kind(info)
+
+    assert kind("Intel(R) Xeon(R) Processor", "GenuineIntel", "avx avx2 avx512f") == "xeon-avx512"
+    assert kind("Intel(R) Xeon(R) Platinum 8480+", "GenuineIntel", "avx2 avx512f amx_tile") == (
+        "xeon-amx"
+    )
+    assert kind("AMD EPYC 7B13", "AuthenticAMD", "avx avx2") == "epyc-avx2"
+    assert kind("QEMU Virtual CPU", "AuthenticAMD", "sse2") == "amd"
+    isa = isa_features({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"})
+    assert isa["AVX2"] and isa["AVX-512"] and isa["AVX512-VNNI"] and isa["AVX-VNNI"]
+    assert isa["AVX512-BF16"] and not isa["AMX"] and not isa["AVX512-FP16"]
+
+
+def test_results_folder_is_date_and_cpu_kind():
+    from datetime import date
+
+    from fastelectra.bench.machine import cpu_kind, results_dir
+
+    assert results_dir(Path("r"), date(2026, 12, 1)) == Path(f"r/2026-12-01-{cpu_kind()}")
+    assert default_out(["minilm-fp32"]).parent == results_dir()
+
+
+def test_weight_bytes_count_int8_fp32_and_leave_lookups_out(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from fastelectra.bench.weights import model_weight_bytes
+
+    table = numpy_helper.from_array(np.zeros((1000, 8), np.float32), "table")
+    w_int8 = numpy_helper.from_array(np.zeros((8, 16), np.int8), "w_int8")
+    w_fp32 = numpy_helper.from_array(np.zeros((16, 8), np.float32), "w_fp32")  # kept FP32
+    unused = numpy_helper.from_array(np.zeros(64, np.float32), "unused")
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["x"]),
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "scale", "zero"]),
+        helper.make_node("MatMulInteger", ["xq", "w_int8", "zero"], ["y"]),
+        helper.make_node("Cast", ["y"], ["yf"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["yf", "w_fp32"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 8])],
+        [table, w_int8, w_fp32, unused],
+    )
+    save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    weights = model_weight_bytes(tmp_path / "m.onnx")
+    assert weights.by_dtype == {"int8": 8 * 16, "float32": 16 * 8 * 4}
+    assert weights.read_per_call == 8 * 16 + 16 * 8 * 4
+    assert weights.lookup_tables == 1000 * 8 * 4
+
+
+def test_weight_bytes_of_the_tiny_bundle_are_its_matrices(tiny_bundle):
+    from fastelectra.bench.weights import matrix_weights, model_weight_bytes
+    from fastelectra.bundle import load_bundle
+
+    bundle = load_bundle(tiny_bundle)
+    dims = bundle.meta.dimensions
+    weights = model_weight_bytes(bundle.model_path)
+    matrices = 4 * matrix_weights(dims)
+    # The FP32 matrices, plus biases and LayerNorm parameters (a few per cent).
+    assert matrices <= weights.read_per_call <= 1.1 * matrices
+    assert weights.lookup_tables >= 4 * dims.vocab_size * dims.hidden
+
+
+def test_floor_is_the_larger_of_compute_and_weight_streaming():
+    from fastelectra.bench.floor import cell_floor
+
+    dims = Dimensions(24, 1024, 16, 4096, 30522, 512, 2)  # ELECTRA-large
+    rates = GemmRates(2, (8, 8, 8), numpy_fp32=1e11, onnxruntime_fp32=2e11, onnxruntime_int8=8e11)
+    weights, bandwidth = 1.34e9, 20e9
+    small = cell_flops(dims, batch=1, seq=16)
+    floor = cell_floor(small, "fp32", rates, int(weights), bandwidth)
+    assert floor.compute_seconds == pytest.approx(small.total / 2e11)
+    assert floor.memory_seconds == pytest.approx(weights / bandwidth)
+    assert floor.bound == "memory" and floor.seconds == floor.memory_seconds
+    big = cell_flops(dims, batch=32, seq=512)
+    floor = cell_floor(big, "fp32", rates, int(weights), bandwidth)
+    assert floor.bound == "compute" and floor.seconds == floor.compute_seconds
+    # Without a bandwidth figure the floor is the compute floor, as before.
+    alone = cell_floor(small, "fp32", rates, int(weights), None)
+    assert alone.seconds == floor_seconds(small, "fp32", rates)[0] and alone.bound == "compute"

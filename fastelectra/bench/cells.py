@@ -9,11 +9,25 @@ hits every variant alike and no variant always follows the same neighbour. Round
 the cell has used `duration` seconds per variant on average and at least `min_runs` rounds
 have run, so every variant has the same number of samples.
 
-A cell's turn is `SETTLE_RUNS` untimed runs, then `BLOCK_RUNS` timed ones. The untimed run
-absorbs what the previous variant leaves behind: onnxruntime's and TensorFlow's worker
-threads keep spinning for a while after a run, and on 2 cores they take one from whoever runs
-next. Timed strictly one run per turn, ELECTRA-large INT8 measured 105 ms at p50 against
-74 ms run alone, while the 209 ms FP32 model barely moved: the interference, not the model.
+A cell's turn is `SETTLE_RUNS` untimed runs, then `BLOCK_RUNS` timed ones. Worker threads
+keep spinning for work after a run returns, and on 2 cores they take the cores of whoever runs
+next. onnxruntime's spin for up to 2^20 iterations (after a MiniLM run the process kept
+burning a core for ~90 ms), longer than any settle run, so the onnxruntime sessions `bench`
+times run with spinning off (`variants.BENCH_ALLOW_SPINNING`; serving keeps onnxruntime's
+default). Recorded on the 2-core Xeon VM (`benchmarks/order_check.py`,
+benchmarks/results/2026-12-01-xeon-avx512/order-check-minilm-b1-s16.json), MiniLM at batch
+1 x 16, p50 of two repeats, FP32 / INT8:
+
+    spinning (before)  interleaved 13.2-13.5 / 11.0-11.6 ms, alone 2.0-7.5 / 2.6-5.7 ms
+    spinning off       interleaved  4.0-4.8 /  2.7-2.9 ms,  alone 3.3 / 2.5 ms
+
+With spinning the interleaved figures were 2.7-2.8x the alone ones and the alone ones swung
+by up to 2x between repeats; with it off either order gives the same p50 (within 1%), alone
+repeats agree within 1%, and interleaving still costs 1.3x (FP32) and 1.13x (INT8): the
+variants evict each other's weights from the caches the VM shares. Spinning off is not free
+alone: the best spinning FP32 repeat (2.0 ms) beat it, the other (7.5 ms) lost. An idle wait
+before each turn (the other remedy tried) costs ~30 ms per turn and left spinning sessions
+1.3-2.7x above alone. The settle run stays for TensorFlow, whose threads spin briefly too.
 """
 
 from __future__ import annotations

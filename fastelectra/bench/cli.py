@@ -7,11 +7,9 @@ TensorFlow is imported only when `--source` is given, torch only with `--peers`.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from collections.abc import Sequence
-from datetime import date
 from functools import partial
 from itertools import takewhile
 from pathlib import Path
@@ -26,8 +24,9 @@ DEFAULT_SEQS = "16,64,128,512"
 TIMING_METHOD = (
     "synthetic ids of exactly batch x seq tokens ([CLS] random-words [SEP], no padding) fed "
     "straight to the session; per cell, `warmup` untimed runs per variant, then rounds of one "
-    "run per variant in rotated order until the cell used `duration_s` per variant on average "
-    "and at least `min_runs` rounds ran; each run returns both outputs to host memory"
+    "turn per variant (1 untimed run, 3 timed) in rotated order until the cell used "
+    "`duration_s` per variant on average and at least `min_runs` runs ran; onnxruntime "
+    "sessions with thread spinning off; each run returns both outputs to host memory"
 )
 MEMORY_METHOD = (
     "peak RSS of a fresh process per variant that imports the framework, loads the variant and "
@@ -35,9 +34,11 @@ MEMORY_METHOD = (
 )
 FLOPS_METHOD = (
     "per sequence: layers x (8·s·h² QKV+output projections + 4·s·h·ffn FFN + 4·s²·h attention "
-    "scores+context) + 2·h² pooler, times batch; floor = FLOPs / GEMM rate at `threads` "
-    "(INT8 variants: INT8 rate for weight products, FP32 rate for attention products; nodes a "
-    "bundle keeps FP32 are not modelled)"
+    "scores+context) + 2·h² pooler, times batch; floor = the larger of FLOPs / GEMM rate at "
+    "`threads` (INT8 variants: INT8 rate for weight products, FP32 rate for attention "
+    "products; nodes a bundle keeps FP32 are not modelled) and weight bytes read per call "
+    "(from the model file: FP32 4 bytes, INT8 1 byte per weight, lookup tables left out) / "
+    "memory bandwidth at `threads`; `floor_bound` says which"
 )
 
 
@@ -96,7 +97,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--min-runs", type=int, default=5, help="fewest timed runs per variant per cell (default 5)"
     )
     p.add_argument(
-        "--out", help="results folder (default benchmarks/results/<date>-<host>/bench-<name>)"
+        "--out", help="results folder (default benchmarks/results/<date>-<cpu>/bench-<name>)"
     )
     p.add_argument(
         "--peers",
@@ -134,12 +135,13 @@ def parse_providers(text: str | None) -> str | list[str] | None:
 
 
 def default_out(names: list[str]) -> Path:
+    from fastelectra.bench.machine import results_dir
+
     # minilm-fp32, minilm-int8-dynamic -> minilm: the leading dash-separated words they share
     columns = zip(*(name.split("-") for name in names), strict=False)
     shared = [c[0] for c in takewhile(lambda c: len(set(c)) == 1, columns)]
     prefix = "-".join(shared) or names[0]
-    host = platform.node().split(".")[0] or "host"
-    return Path("benchmarks") / "results" / f"{date.today()}-{host}" / f"bench-{prefix}"
+    return results_dir() / f"bench-{prefix}"
 
 
 def reproduce_command(args: argparse.Namespace) -> str:
@@ -203,6 +205,7 @@ def run(
     """`fastelectra bench`; `extra_variants` (already loaded) join the bundles and TF, as
     benchmarks/latency.py adds the unfused export, which is no bundle."""
     from fastelectra.bench import memory, report
+    from fastelectra.bench.bandwidth import buffer_bytes, measure_bandwidth
     from fastelectra.bench.cells import Cell
     from fastelectra.bench.floor import measure_rates
     from fastelectra.bench.grid import measure_grid, relative_p50
@@ -257,6 +260,10 @@ def run(
         _progress(f"measuring GEMM rates at {threads} threads (the floor)")
         rates = measure_rates(threads, seconds=min(max(args.duration, 0.3), 2.0))
         results["gemm"] = rates.to_json()
+        _progress(f"measuring memory bandwidth at {threads} threads (the floor)")
+        llc = results["machine"].get("llc_bytes")
+        bandwidth = measure_bandwidth(threads, min(max(args.duration, 0.3), 2.0), buffer_bytes(llc))
+        results["memory_bandwidth"] = bandwidth.to_json()
 
         def save_cells(rows: list[dict[str, Any]]) -> None:
             results["cells"] = rows
@@ -272,6 +279,7 @@ def run(
             min_runs=args.min_runs,
             progress=_progress,
             on_cell=save_cells,
+            bandwidth=bandwidth.bytes_per_s,
         )
         if baselines:
             results["relative_p50"] = relative_p50(results["cells"], baselines)

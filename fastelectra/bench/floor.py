@@ -1,4 +1,5 @@
-"""The floor: how fast a cell could run if the encoder were nothing but matrix multiplies.
+"""The floor: how fast a cell could run if the encoder were nothing but matrix multiplies,
+or nothing but reading its weights, whichever takes longer (a roofline).
 
 FLOPs of one encoder pass follow from the bundle's dimensions (s tokens, hidden h, FFN f):
 
@@ -20,6 +21,14 @@ VNNI where the CPU has it) for every product with a weight matrix; the attention
 QAttention computes them in FP32. Nodes an INT8 bundle keeps FP32 for accuracy (its
 `quantization.fp32_nodes`) are *not* modelled: the floor is what INT8 could reach on this
 machine, so their cost shows up in `measured / floor`.
+
+That compute bound assumes the weights are in cache; at small batches they are not. Every call
+reads each weight matrix from memory once (ELECTRA-large FP32: 1.21 GB), which takes
+`weight bytes / memory bandwidth` however fast the multiplies are. The bytes are the model
+file's own (`weights.py`: 4 per FP32 weight, 1 per INT8 weight, the nodes an INT8 bundle keeps
+FP32 at 4); the bandwidth is measured at the same thread count (`bandwidth.py`). A cell's
+floor is the larger of the two times, and its `bound` says which: `memory` at batch 1 x 16,
+`compute` once enough tokens share each weight read.
 """
 
 from __future__ import annotations
@@ -212,3 +221,39 @@ def floor_seconds(flops: CellFlops, precision: str, rates: GemmRates) -> tuple[f
         return None, "no INT8 GEMM rate measured"
     seconds = flops.weight_products / int8 + flops.attention / fp32
     return seconds, "int8 weight products, fp32 attention products"
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A cell's roofline: the larger of its compute and weight-streaming times."""
+
+    compute_seconds: float | None
+    memory_seconds: float | None
+    basis: str
+
+    @property
+    def seconds(self) -> float | None:
+        bounds = [t for t in (self.compute_seconds, self.memory_seconds) if t is not None]
+        return max(bounds) if bounds else None
+
+    @property
+    def bound(self) -> str | None:
+        """``"compute"`` or ``"memory"``: which of the two sets the floor."""
+        if self.seconds is None:
+            return None
+        return "compute" if self.seconds == self.compute_seconds else "memory"
+
+
+def cell_floor(
+    flops: CellFlops,
+    precision: str,
+    rates: GemmRates,
+    weight_bytes: int | None,
+    bandwidth: float | None,
+) -> Floor:
+    """`floor_seconds` against the time to read `weight_bytes` at `bandwidth` bytes/s."""
+    compute, basis = floor_seconds(flops, precision, rates)
+    memory = weight_bytes / bandwidth if weight_bytes and bandwidth else None
+    if memory is not None:
+        basis += f"; memory: {weight_bytes / 1e6:.4g} MB of weights at {bandwidth / 1e9:.3g} GB/s"
+    return Floor(compute, memory, basis)

@@ -1,4 +1,4 @@
-"""The batch x sequence grid: every cell timed round-robin and set against the GEMM floor."""
+"""The batch x sequence grid: every cell timed round-robin and set against the roofline floor."""
 
 from __future__ import annotations
 
@@ -6,20 +6,34 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastelectra.bench.cells import Cell, latency_stats, synthetic_inputs, throughput, time_cell
-from fastelectra.bench.floor import GemmRates, cell_flops, floor_seconds
+from fastelectra.bench.floor import GemmRates, cell_floor, cell_flops
 from fastelectra.bench.variants import Variant
 
 Vocab = tuple[int, int, int]  # vocab size, [CLS] id, [SEP] id
 
 
+def _ms(seconds: float | None) -> float | None:
+    # Significant digits, not decimals: a tiny model's floor is a few microseconds.
+    return None if seconds is None else float(f"{seconds * 1000:.6g}")
+
+
 def cell_result(
-    variant: Variant, cell: Cell, seconds: Sequence[float], rates: GemmRates
+    variant: Variant,
+    cell: Cell,
+    seconds: Sequence[float],
+    rates: GemmRates,
+    bandwidth: float | None = None,
 ) -> dict[str, Any]:
+    """`bandwidth` (bytes/s) adds the weight-streaming bound to the floor (`floor.cell_floor`)."""
     flops = cell_flops(variant.dimensions, cell.batch, cell.seq)
     if variant.device == "cpu":
-        floor, basis = floor_seconds(flops, variant.precision, rates)
+        weights = variant.weight_bytes.read_per_call if variant.weight_bytes else None
+        roofline = cell_floor(flops, variant.precision, rates, weights, bandwidth)
+        floor, basis, bound = roofline.seconds, roofline.basis, roofline.bound
+        compute, memory = roofline.compute_seconds, roofline.memory_seconds
     else:
-        floor, basis = None, f"the floors are CPU rates; this variant ran on {variant.device}"
+        floor = compute = memory = bound = None
+        basis = f"the floors are CPU rates; this variant ran on {variant.device}"
     stats = latency_stats(seconds)
     return {
         "variant": variant.name,
@@ -29,8 +43,10 @@ def cell_result(
         "latency_ms": stats,
         "throughput": throughput(cell, seconds),
         "gflop": round(flops.total / 1e9, 4),
-        # Significant digits, not decimals: a tiny model's floor is a few microseconds.
-        "floor_ms": None if floor is None else float(f"{floor * 1000:.6g}"),
+        "floor_ms": _ms(floor),
+        "floor_bound": bound,
+        "compute_floor_ms": _ms(compute),
+        "memory_floor_ms": _ms(memory),
         "floor_basis": basis,
         "measured_over_floor": None if floor is None else round(stats["p50"] / (floor * 1000), 3),
     }
@@ -47,13 +63,14 @@ def measure_grid(
     min_runs: int,
     progress: Callable[[str], None],
     on_cell: Callable[[list[dict[str, Any]]], None] | None = None,
+    bandwidth: float | None = None,
 ) -> list[dict[str, Any]]:
     """One result per variant per cell; `on_cell` sees the results so far after each cell."""
     results: list[dict[str, Any]] = []
     for cell in cells:
         inputs = synthetic_inputs(cell, *vocab)
         samples = time_cell(variants, inputs, duration, warmup, min_runs)
-        rows = [cell_result(v, cell, samples[v.name], rates) for v in variants]
+        rows = [cell_result(v, cell, samples[v.name], rates, bandwidth) for v in variants]
         results += rows
         progress(
             f"batch {cell.batch:>3} seq {cell.seq:>4}: "

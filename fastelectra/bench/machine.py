@@ -1,4 +1,12 @@
-"""What a benchmark ran on: CPU model and flags, cores, memory, library versions, git commit."""
+"""What a benchmark ran on: CPU model, instruction sets, cores, memory, versions, git commit.
+
+Every figure names its CPU: `cpu_kind` ("xeon-avx512") is the CPU family and the widest
+matrix instruction set it exposes, and recorded runs live in
+`benchmarks/results/<date>-<cpu kind>/` (`results_dir`), so results of one kind of CPU sit
+together whatever the host is called (VMs get a new hostname every time).
+
+    python -m fastelectra.bench.machine     # prints this machine's results folder
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import os
 import platform
 import subprocess
 from collections.abc import Sequence
+from datetime import date
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,25 @@ RELEVANT_FLAGS = (
     "amx_int8",
     "amx_tile",
 )
+# The instruction sets that decide the kernels, under the names the results give them: which
+# /proc/cpuinfo flags show each (any one of them suffices).
+ISA_FEATURES = {
+    "AVX2": ("avx2",),
+    "AVX-512": ("avx512f",),
+    "AVX512-VNNI": ("avx512_vnni",),
+    "AVX-VNNI": ("avx_vnni",),
+    "AVX512-BF16": ("avx512_bf16",),
+    "AVX512-FP16": ("avx512_fp16",),
+    "AMX": ("amx_tile",),
+    "AMX-INT8": ("amx_int8",),
+    "AMX-BF16": ("amx_bf16",),
+}
+# The widest tier first: the folder names the best matrix path the CPU offers.
+ISA_TIERS = (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"))
+# Words of the model name that say the CPU family, in the order they are looked for.
+CPU_FAMILIES = ("xeon", "epyc", "threadripper", "ryzen", "core", "neoverse", "graviton")
+VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
+RESULTS_ROOT = Path("benchmarks") / "results"
 LIBRARIES = (
     "fastelectra",
     "numpy",
@@ -47,19 +75,63 @@ LIBRARIES = (
 
 def cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
     """(model name, flags) of the first CPU listed; ("", set()) where there is no cpuinfo."""
+    model, _, flags = _cpuinfo_fields(path)
+    return model, flags
+
+
+def _cpuinfo_fields(path: Path) -> tuple[str, str, set[str]]:
+    """(model name, vendor id, flags) of the first CPU listed."""
     try:
         text = path.read_text()
     except OSError:
-        return platform.processor(), set()
-    model, flags = "", set()
+        return platform.processor(), "", set()
+    model, vendor, flags = "", "", set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
         if key == "model name" and not model:
             model = value.strip()
+        elif key == "vendor_id" and not vendor:
+            vendor = value.strip()
         elif key == "flags" and not flags:
             flags = set(value.split())
-    return model, flags
+    return model, vendor, flags
+
+
+def isa_features(flags: set[str]) -> dict[str, bool]:
+    """Each of `ISA_FEATURES` by name: whether the CPU exposes it."""
+    return {name: any(f in flags for f in shown_by) for name, shown_by in ISA_FEATURES.items()}
+
+
+def cpu_kind(path: Path = Path("/proc/cpuinfo")) -> str:
+    """``<family>-<widest ISA tier>``, e.g. ``xeon-avx512``: what results are filed under."""
+    model, vendor, flags = _cpuinfo_fields(path)
+    words = model.lower().replace("(r)", " ").replace("(tm)", " ").split()
+    family = next((f for f in CPU_FAMILIES if f in words), None)
+    family = family or VENDORS.get(vendor) or platform.machine().lower() or "cpu"
+    tier = next((name for name, flag in ISA_TIERS if flag in flags), None)
+    return f"{family}-{tier}" if tier else family
+
+
+def results_dir(root: Path = RESULTS_ROOT, day: date | None = None) -> Path:
+    """``<root>/<date>-<cpu kind>``: where this machine's recorded runs of `day` go."""
+    return Path(root) / f"{day or date.today()}-{cpu_kind()}"
+
+
+def last_level_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """Size of the highest-level cache of CPU 0 (sysfs), None where sysfs does not say."""
+    best: tuple[int, int] | None = None
+    for index in sorted(root.glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            size = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        value = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+        if best is None or level > best[0]:
+            best = (level, value)
+    return best[1] if best else None
 
 
 def memory_total_gib(path: Path = Path("/proc/meminfo")) -> float | None:
@@ -107,10 +179,17 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_model": model,
+        "cpu_kind": cpu_kind(),
         "cpu_flags": sorted(flags & set(RELEVANT_FLAGS)),
+        "isa": isa_features(flags),
         "avx512_vnni": "avx512_vnni" in flags,
         "cores_available": available_cores(),
         "cores_online": os.cpu_count(),
+        "llc_bytes": last_level_cache_bytes(),
         "memory_total_gib": memory_total_gib(),
         "python": platform.python_version(),
     }
+
+
+if __name__ == "__main__":
+    print(results_dir())

@@ -60,6 +60,10 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"avx512_vnni {'yes' if m['avx512_vnni'] else 'no'}; {s['threads']} threads; "
         f"{libs}; fastelectra {versions.get('fastelectra', '?')} at {commit}"
     ]
+    isa = m.get("isa")  # results recorded before the ISA was named have only cpu_flags
+    if isa:
+        features = ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in isa.items())
+        lines.append(f"CPU kind {m.get('cpu_kind', '?')}: {features}")
     gemm = results.get("gemm")
     if gemm:
         rates = gemm["gflops"]
@@ -68,6 +72,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             f"onnxruntime FP32 {fmt(rates['onnxruntime_fp32'])}, onnxruntime INT8 "
             f"{fmt(rates['onnxruntime_int8'])} GFLOP/s (FP32 floor: "
             f"{gemm['fp32_floor_source'] or '–'})"
+        )
+    bandwidth = results.get("memory_bandwidth")
+    if bandwidth:
+        lines.append(
+            f"Memory bandwidth at {bandwidth['threads']} threads: {fmt(bandwidth['gb_per_s'])} "
+            f"GB/s (streaming read of {bandwidth['buffer_mib']} MiB); floor = the larger of "
+            "FLOPs / GEMM rate (compute) and weight bytes / bandwidth (memory)"
         )
     return lines
 
@@ -87,12 +98,13 @@ def sections(results: dict[str, Any]) -> list[Section]:
                 c["throughput"]["sequences_per_s"],
                 c["throughput"]["tokens_per_s"],
                 c["floor_ms"],
+                c.get("floor_bound"),
                 c["measured_over_floor"],
             ]
             for c in results["cells"]
         ]
         headers = ["variant", "batch", "seq", "runs", "p50 ms", "p90 ms", "p99 ms"]
-        headers += ["seq/s", "tokens/s", "floor ms", "p50 / floor"]
+        headers += ["seq/s", "tokens/s", "floor ms", "bound", "p50 / floor"]
         out.append(("Latency and throughput", headers, rows))
     relative = results.get("relative_p50")
     if relative:

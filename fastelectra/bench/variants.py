@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastelectra.bench.weights import WeightBytes, fp32_weight_bytes, model_weight_bytes
 from fastelectra.bundle import OUTPUT_NAMES, Bundle, Dimensions, load_bundle
 from fastelectra.errors import InputError
 from fastelectra.runtime.encoder import Encoder
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 
 TENSORFLOW = "tensorflow"
 ONNXRUNTIME = "onnxruntime"
+# Every onnxruntime session `bench` times runs with its threads' spinning off: onnxruntime's
+# workers otherwise spin for work after a run returns and take the cores of the variant timed
+# next (measured in fastelectra/bench/cells.py's doc). Serving keeps onnxruntime's default.
+BENCH_ALLOW_SPINNING = False
 
 
 class Variant(ABC):
@@ -45,6 +50,8 @@ class Variant(ABC):
     load_seconds: float = 0.0
     # RSS growth of the benchmark process while this variant loaded (None: not measured)
     load_rss_mib: float | None = None
+    # What one call reads from its weights, for the floor's memory bound (None: unknown)
+    weight_bytes: WeightBytes | None = None
 
     @abstractmethod
     def prepare(self, ids: np.ndarray, mask: np.ndarray, segments: np.ndarray) -> Any: ...
@@ -62,6 +69,7 @@ class Variant(ABC):
             "spec": self.spec,
             "load_s": round(self.load_seconds, 2),
             "in_process_load_rss_mib": self.load_rss_mib,
+            "weights": self.weight_bytes.to_json() if self.weight_bytes else None,
         }
 
 
@@ -85,6 +93,7 @@ class OnnxVariant(Variant):
         self.bundle = bundle
         self.quantization = bundle.meta.quantization if bundle else {}
         self.device = session.device
+        self.weight_bytes = model_weight_bytes(session.model_path)
 
     @classmethod
     def from_bundle(
@@ -93,16 +102,20 @@ class OnnxVariant(Variant):
         providers: Providers = None,
         threads: int | None = None,
         split_skip_layernorm: bool = True,
+        allow_spinning: bool = BENCH_ALLOW_SPINNING,
     ) -> OnnxVariant:
         """``split_skip_layernorm=False`` keeps onnxruntime's CPU SkipLayerNorm kernel (named
-        ``<bundle>+ort-skipln``), to measure what `cpu_view`'s split is worth."""
+        ``<bundle>+ort-skipln``), to measure what `cpu_view`'s split is worth.
+        ``allow_spinning=True`` keeps onnxruntime's spinning threads (`BENCH_ALLOW_SPINNING`)."""
         started = time.perf_counter()
         bundle = load_bundle(path)
         meta = bundle.meta
         plan = plan_for_bundle(bundle, providers, threads)
         session = EncoderSession(
             bundle.model_path,
-            dataclasses.replace(plan, split_skip_layernorm=split_skip_layernorm),
+            dataclasses.replace(
+                plan, split_skip_layernorm=split_skip_layernorm, allow_spinning=allow_spinning
+            ),
             inputs=meta.inputs,
             outputs=meta.outputs,
             input_dtype=meta.input_dtype,
@@ -112,6 +125,9 @@ class OnnxVariant(Variant):
         if not split_skip_layernorm:
             spec["split_skip_layernorm"] = False
             name += "+ort-skipln"
+        if allow_spinning != BENCH_ALLOW_SPINNING:
+            spec["allow_spinning"] = allow_spinning
+            name += "+spinning"
         variant = cls(name, session, meta.precision, meta.dimensions, spec, bundle)
         variant.load_seconds = time.perf_counter() - started
         return variant
@@ -128,7 +144,10 @@ class OnnxVariant(Variant):
     ) -> OnnxVariant:
         """A bare ONNX file with the bundle IO (e.g. the unfused export, which is no bundle)."""
         started = time.perf_counter()
-        session = EncoderSession(model_path, plan_execution(providers, threads))
+        plan = dataclasses.replace(
+            plan_execution(providers, threads), allow_spinning=BENCH_ALLOW_SPINNING
+        )
+        session = EncoderSession(model_path, plan)
         spec = {
             "kind": "model",
             "name": name,
@@ -169,6 +188,7 @@ class OnnxVariant(Variant):
             "providers": list(self.session.providers),
             "intra_op_threads": plan.intra_op_num_threads,
             "inter_op_threads": plan.inter_op_num_threads,
+            "allow_spinning": plan.allow_spinning,
             "quantization": self.quantization,
         }
 
@@ -214,6 +234,7 @@ class TensorFlowVariant(Variant):
         self.source = source
         self.threads = threads
         self.dimensions = source.dimensions
+        self.weight_bytes = fp32_weight_bytes(source.dimensions)  # no ONNX file to read
         self.function = source.inference_function()
         self.name = TENSORFLOW
         self.spec = {
@@ -256,6 +277,7 @@ def variant_from_spec(spec: dict[str, Any]) -> Variant:
             spec.get("providers"),
             spec.get("threads"),
             spec.get("split_skip_layernorm", True),
+            spec.get("allow_spinning", BENCH_ALLOW_SPINNING),
         )
     if kind == "model":
         return OnnxVariant.from_model(

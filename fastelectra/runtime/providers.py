@@ -47,6 +47,7 @@ ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT, "trt": T
 # nodes it cannot run still have a home (TensorRT rejects some ops; CUDA lacks a few).
 FALLBACK = {TENSORRT: CUDA, CUDA: CPU}
 GPU_PROVIDERS = (TENSORRT, CUDA)
+SPIN_POOLS = ("intra_op", "inter_op")  # onnxruntime's thread pools, as its config keys name them
 
 # Default TensorRT optimisation profile. Batches bigger than `max_batch` would fall outside the
 # profile (an error with explicit profiles), so the encoder caps its batches at it.
@@ -73,6 +74,10 @@ class ExecutionPlan:
     cache_dirs: tuple[str, ...] = field(default_factory=tuple)
     # CPU only: run SkipLayerNormalization as Add + LayerNormalization (see `cpu_view`).
     split_skip_layernorm: bool = True
+    # onnxruntime's default: worker threads spin for work after each run instead of sleeping.
+    # `fastelectra bench` turns it off so that one session's spinning cannot take the cores of
+    # the next variant it times (fastelectra/bench/cells.py); serving keeps the default.
+    allow_spinning: bool = True
 
     @property
     def device(self) -> str:
@@ -92,6 +97,9 @@ class ExecutionPlan:
         )
         # One encoder graph is a chain of layers: parallel node execution only adds contention.
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not self.allow_spinning:
+            for pool in SPIN_POOLS:
+                options.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
         return options
 
 
