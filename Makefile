@@ -36,7 +36,7 @@ test: lint
 
 # Every table and plot of the README's performance section (tens of minutes; see
 # docs/performance.md), after building the bundles it measures (`make bundles`).
-BENCH_OUT ?= benchmarks/results/$(shell date +%F)-$(shell hostname -s)
+BENCH_OUT ?= $(shell $(PY) -m fastelectra.bench.machine)
 bench: bundles
 	$(VENV)/bin/fastelectra bench .cache/bundles/minilm-fp32 .cache/bundles/minilm-int8-dynamic \
 		.cache/bundles/minilm-int8-static --threads 2 --duration 5 --peers --out $(BENCH_OUT)/bench-minilm

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--route", default="hollow", choices=("hollow", "plain"), help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="write the bundle even if a gate fails")
     p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's, tf2onnx's and onnxruntime's own output (kept aside otherwise)",
+    )
+    p.add_argument(
         "--no-int8-search",
         dest="int8_search",
         action="store_false",
@@ -91,6 +97,7 @@ def _build(args: argparse.Namespace) -> int:
         force=args.force,
         route=args.route,
         int8_search=args.int8_search,
+        verbose=args.verbose,
     )
     return 0
 

@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from fastelectra.convert.build import build
     from fastelectra.convert.resolve import resolve_source
-    from fastelectra.convert.verify import format_report
     from fastelectra.runtime import Encoder
 
     source = resolve_source(args.source)
@@ -40,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== building a {args.precision} bundle from {source}", flush=True)
     result = build(source, out, precision=args.precision)
 
-    print(f"\n== verification against TensorFlow ({out / 'verification.json'})")
-    print(format_report(result.verification))
+    verdict = "passed" if result.verification["passed"] else "FAILED"
+    print(f"\n== verification against TensorFlow: {verdict} (figures: {out / 'verification.json'})")
 
     print("\n== embedding with the bundle alone (no TensorFlow in the runtime)")
     encoder = Encoder.load(out)

@@ -160,6 +160,22 @@ def _wait_for_export(build: subprocess.Popen, out: Path, timeout_s: float = 300)
     pytest.fail(f"no export file in a work directory within {timeout_s} s")
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_a_killed_build_leaves_nothing_after_the_next_one(tiny_module, tmp_path):
     from fastelectra.convert.build import build
 
@@ -167,11 +183,18 @@ def test_a_killed_build_leaves_nothing_after_the_next_one(tiny_module, tmp_path)
     process = _start_build(tiny_module, out)
     try:
         work = _wait_for_export(process, out)
+        children = _children(process.pid)  # the TensorFlow stage, exporting
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
     finally:
         process.kill()
     assert work.is_dir()  # what SIGKILL leaves: no cleanup ran
+    assert children, "the export runs in a child process"
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [pid for pid in children if _running(pid)]
+    assert not alive, f"the TensorFlow stage outlived its killed build: {alive}"
 
     messages: list[str] = []
     build(tiny_module, out, progress=messages.append)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from fastelectra.bundle import (
     MODEL_FILE,
@@ -28,6 +28,7 @@ from fastelectra.bundle import (
     staged_directory,
     write_json_atomic,
 )
+from fastelectra.convert.console import captured_output, printer
 from fastelectra.convert.steps import Steps, mb
 from fastelectra.errors import FastElectraError, InputError
 from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_directory
@@ -35,6 +36,7 @@ from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_d
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+LOG_FILE = "build.log"  # in the work directory: the libraries' output
 
 
 class VerificationFailed(FastElectraError, RuntimeError):
@@ -86,8 +88,13 @@ def build(
     route: str = "hollow",
     progress: Progress | None = _stderr_progress,
     int8_search: bool = True,
+    verbose: bool = False,
 ) -> BuildResult:
     """Convert `source` into a verified bundle at `out` (see the module docstring).
+
+    The libraries' own output (TensorFlow, tf2onnx, onnxruntime's tools) goes to a log in the
+    work directory, shown in part only if a step fails (`console.captured_output`);
+    `verbose=True` lets it through.
 
     TensorFlow runs only in the first stage, in a child process (`tf_stage`): load, export,
     and TensorFlow's outputs on the verification texts. Fusion, precision and verification
@@ -107,10 +114,17 @@ def build(
     texts = read_texts(verify_texts) if verify_texts else default_texts()
     for leftover in remove_abandoned(out):
         say(f"removed {leftover.name}, left beside {out} by a killed build")
-    step = Steps(say)
-    with scratch_directory(out, "work") as work:
+    with (
+        scratch_directory(out, "work") as work,
+        captured_output(work / LOG_FILE, enabled=not verbose) as terminal,
+    ):
+        if progress is _stderr_progress:  # the build's own lines, past the capture
+            say = printer(terminal)
+        step = Steps(say)
         # Its steps (load, export, tensorflow_reference) are timed and measured in the child.
-        stage = run_tensorflow_stage(str(source), work, texts, route=route, say=progress)
+        stage = run_tensorflow_stage(
+            str(source), work, texts, route=route, say=say if progress else None
+        )
         step.merge(stage.timings, stage.memory)
         dims = stage.dimensions
         with step("fuse", "fusing into onnxruntime transformer kernels"):
@@ -153,6 +167,7 @@ def build(
                     texts,
                     fp32_model=None if precision == "fp32" else work / "fused.onnx",
                     max_length=dims.max_positions,
+                    bar=terminal if progress is _stderr_progress else None,
                 )
             say(format_report(report))
             if not report["passed"] and not force:
@@ -179,10 +194,10 @@ def build(
             )
             meta.quantization.setdefault("export_route", stage.export_route)
             finalize_meta(staging, meta)
-    say(
-        f"wrote {out} ({precision}) in {time.perf_counter() - started:.1f} s, "
-        f"peak RSS {mb(meta.memory['peak_rss_mb'])}"
-    )
+        say(
+            f"wrote {out} ({precision}) in {time.perf_counter() - started:.1f} s, "
+            f"peak RSS {mb(meta.memory['peak_rss_mb'])}"
+        )
     return BuildResult(out, meta, report, step.timings, meta.memory)
 
 
@@ -194,20 +209,24 @@ def verify_model(
     texts: list[tuple[str, str | None]],
     fp32_model: Path | None = None,
     max_length: int = 512,
+    bar: TextIO | None = None,
 ) -> dict[str, Any]:
     """Compare the model at `model_path` with `reference` (a `verify.Runner`: TensorFlow live,
-    or its recorded outputs) on `texts`."""
+    or its recorded outputs) on `texts`; a progress bar on `bar` if it is a terminal."""
+    from fastelectra.convert.console import text_bar
     from fastelectra.convert.verify import onnx_runner, verify
     from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
     encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), texts, max_length)
-    return verify(
-        reference,
-        onnx_runner(model_path),
-        encodings,
-        precision,
-        fp32=onnx_runner(fp32_model) if fp32_model else None,
-    )
+    with text_bar(len(encodings), "verifying", bar) as advance:
+        return verify(
+            reference,
+            onnx_runner(model_path),
+            encodings,
+            precision,
+            fp32=onnx_runner(fp32_model) if fp32_model else None,
+            progress=advance,
+        )
 
 
 def _move_model(src: Path, dst: Path) -> None:
