@@ -61,3 +61,18 @@ def test_dynamic_int8_writes_what_stock_onnxruntime_writes(fused_external, tmp_p
     assert a.graph == b.graph
     ops = {n.op_type for n in b.graph.node}
     assert {"QAttention", "DynamicQuantizeMatMul"} & ops or "MatMulInteger" in ops
+
+
+def test_fp16_writes_what_stock_onnxruntime_writes(fused_external, tmp_path):
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from fastelectra.convert.precision import FP16_KEEP_FP32, to_fp16
+
+    stock = OnnxModel(onnx.load(str(fused_external)))
+    stock.convert_float_to_float16(
+        keep_io_types=True, op_block_list=FP16_KEEP_FP32, use_symbolic_shape_infer=False
+    )
+    to_fp16(fused_external, tmp_path / "ours.onnx")
+    ours = onnx.load(str(tmp_path / "ours.onnx"))
+    assert canonical(stock.model).graph == canonical(ours).graph
+    assert onnx.TensorProto.FLOAT16 in {t.data_type for t in ours.graph.initializer}

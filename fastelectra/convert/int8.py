@@ -117,26 +117,13 @@ def infer_shapes_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with the value infos onnx's shape inference gives it (see above)."""
     from onnxruntime.quantization.quant_utils import add_infer_metadata
 
-    inferred = onnx.shape_inference.infer_shapes(_without_large_data(model))
+    from fastelectra.convert.modelfile import without_large_data
+
+    inferred = onnx.shape_inference.infer_shapes(without_large_data(model))
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     add_infer_metadata(model)
     return model
-
-
-def _without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` whose initializers of 1 KiB or more keep their type and dims only."""
-    from fastelectra.convert.modelfile import copy_without
-
-    graph = copy_without(model.graph, "initializer")
-    for tensor in model.graph.initializer:
-        if len(tensor.raw_data) < 1024:
-            graph.initializer.append(tensor)
-        else:
-            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
-    copy = copy_without(model, "graph")
-    copy.graph.CopyFrom(graph)
-    return copy
 
 
 def inline_if_it_fits(path: Path) -> None:

@@ -10,6 +10,8 @@ its initializers streamed after, so at most one tensor is serialised at a time.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -83,3 +85,34 @@ def inline_external_data(path: Path, limit_bytes: int) -> bool:
     tmp.replace(path)
     data.unlink()
     return True
+
+
+def without_large_data(model: onnx.ModelProto, min_bytes: int = 1024) -> onnx.ModelProto:
+    """A copy of `model` whose initializers of `min_bytes` or more keep their type and dims
+    only: what shape inference needs, without a second copy of the weights."""
+    graph = copy_without(model.graph, "initializer")
+    for tensor in model.graph.initializer:
+        if len(tensor.raw_data) < min_bytes:
+            graph.initializer.append(tensor)
+        else:
+            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    copy = copy_without(model, "graph")
+    copy.graph.CopyFrom(graph)
+    return copy
+
+
+@contextlib.contextmanager
+def weights_set_aside(model: onnx.ModelProto, min_bytes: int = 1024) -> Iterator[None]:
+    """The bytes of `model`'s initializers of `min_bytes` or more held outside the model for the
+    block (their type and dims stay): for graph passes that copy the model to infer shapes."""
+    stash: dict[str, bytes] = {}
+    for tensor in model.graph.initializer:
+        if len(tensor.raw_data) >= min_bytes:
+            stash[tensor.name] = tensor.raw_data
+            tensor.ClearField("raw_data")
+    try:
+        yield
+    finally:
+        for tensor in model.graph.initializer:
+            if tensor.name in stash:
+                tensor.raw_data = stash.pop(tensor.name)

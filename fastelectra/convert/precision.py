@@ -143,13 +143,36 @@ def tune_int8(
 
 
 def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
+    """onnxruntime's `OnnxModel.convert_float_to_float16`, with its shape inference run on the
+    graph without its weights.
+
+    The stock path runs `onnx.shape_inference.infer_shapes` on the whole model: serialised,
+    parsed, inferred and parsed back, four copies of the weights at once (8.3 GB for
+    ELECTRA-large). Inference needs types and dims only; the conversion then runs on the model
+    with those value infos and shape inference off (2.8 GB), and the model is the same
+    (`tests/test_int8_memory.py` compares them).
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     from fastelectra.convert.fuse import save_model
+    from fastelectra.convert.modelfile import weights_set_aside, without_large_data
 
-    model = OnnxModel(onnx.load(str(src)))
-    model.convert_float_to_float16(
-        keep_io_types=True, op_block_list=FP16_KEEP_FP32, use_symbolic_shape_infer=False
+    model = onnx.load(str(src))
+    inferred = onnx.shape_inference.infer_shapes(without_large_data(model))
+    for name in ("value_info", "output"):
+        del getattr(model.graph, name)[:]
+        getattr(model.graph, name).extend(getattr(inferred.graph, name))
+    del inferred
+    fp16 = OnnxModel(
+        convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=FP16_KEEP_FP32, disable_shape_infer=True
+        )
     )
-    save_model(model.model, dst)
+    # The rest of OnnxModel.convert_float_to_float16; its cast removal infers shapes on a copy
+    # of the model, so the weights wait outside it.
+    with weights_set_aside(fp16.model):
+        fp16.remove_cascaded_cast_nodes()
+        fp16.remove_useless_cast_nodes()
+    save_model(fp16.model, dst)
     return {"method": "convert_float_to_float16", "keep_io_types": True, "fp32_ops": FP16_KEEP_FP32}
