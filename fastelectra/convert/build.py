@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,19 +215,27 @@ def verify_model(
     """Compare the model at `model_path` with `reference` (a `verify.Runner`: TensorFlow live,
     or its recorded outputs) on `texts`; a progress bar on `bar` if it is a terminal."""
     from fastelectra.convert.console import text_bar
-    from fastelectra.convert.verify import onnx_runner, verify
+    from fastelectra.convert.verify import onnx_runner, record_reference, recorded_runner, verify
     from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
     encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), texts, max_length)
-    with text_bar(len(encodings), "verifying", bar) as advance:
-        return verify(
-            reference,
-            onnx_runner(model_path),
-            encodings,
-            precision,
-            fp32=onnx_runner(fp32_model) if fp32_model else None,
-            progress=advance,
-        )
+    with tempfile.TemporaryDirectory(prefix=".fp32-outputs-", dir=model_path.parent) as folder:
+        fp32 = None
+        if fp32_model is not None:
+            # The FP32 model's outputs first, its session gone before the candidate's loads:
+            # the two never hold their weights at the same time.
+            fp32 = recorded_runner(
+                record_reference(onnx_runner(fp32_model), encodings, Path(folder))
+            )
+        with text_bar(len(encodings), "verifying", bar) as advance:
+            return verify(
+                reference,
+                onnx_runner(model_path),
+                encodings,
+                precision,
+                fp32=fp32,
+                progress=advance,
+            )
 
 
 def _move_model(src: Path, dst: Path) -> None:
