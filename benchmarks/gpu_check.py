@@ -44,7 +44,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, without installi
     sys.path.insert(0, str(ROOT))
 
 from fastelectra.bundle import Bundle, load_bundle  # noqa: E402
-from fastelectra.convert.verify import THRESHOLDS, cosine_rows, default_texts  # noqa: E402
+from fastelectra.convert.verify import cosine_rows, default_texts  # noqa: E402
+from fastelectra.precisions import UPPER_BOUND_METRICS, precision_named  # noqa: E402
 from fastelectra.runtime import Encoder, EncoderOutput  # noqa: E402
 from fastelectra.runtime.providers import CPU, CUDA, TENSORRT, plan_for_bundle  # noqa: E402
 from fastelectra.runtime.session import EncoderSession  # noqa: E402
@@ -121,14 +122,17 @@ def compare_outputs(reference: EncoderOutput, candidate: EncoderOutput) -> dict[
 
 
 def gate_failures(figures: dict[str, dict[str, float]], precision: str) -> list[str]:
-    """What breaks the build gates of `precision` (fastelectra.convert.verify.THRESHOLDS)."""
+    """What breaks the build gate of `precision` (`fastelectra.precisions`), per output.
+
+    The gate's Spearman bound is not checked: it needs a TensorFlow or FP32 reference.
+    """
     failures = []
-    for output, bounds in THRESHOLDS[precision].items():
-        if not isinstance(bounds, dict) or output not in figures:
-            continue  # e.g. the int8 Spearman figure, which needs a TF reference
+    for output, bounds in precision_named(precision).gate.bounds.items():
+        if output not in figures:
+            continue
         for metric, bound in bounds.items():
             value = figures[output][metric]
-            upper = metric == "max_abs_diff"
+            upper = metric in UPPER_BOUND_METRICS
             if value > bound if upper else value < bound:
                 failures.append(f"{output} {metric} {value:.6g} {'>' if upper else '<'} {bound}")
     return failures

@@ -71,7 +71,7 @@ def load_peers(threads: int) -> dict[str, object]:
 def accuracy(out: Path, bundles: list[str], texts: list[str], max_length: int) -> int:
     """Cosine of every saved peer's and every bundle's vectors to the first bundle's."""
     from fastelectra.bench.texts import cosine_to
-    from fastelectra.convert.verify import THRESHOLDS
+    from fastelectra.precisions import INT8_DYNAMIC
     from fastelectra.runtime import Encoder
 
     def embed(bundle: str) -> np.ndarray:
@@ -92,7 +92,7 @@ def accuracy(out: Path, bundles: list[str], texts: list[str], max_length: int) -
         "reference": bundles[0],
         "texts": len(texts),
         "max_length": max_length,
-        "int8_gate": THRESHOLDS["int8-dynamic"]["mean_pooled_sequence"],
+        "int8_gate": dict(INT8_DYNAMIC.gate.bounds["mean_pooled_sequence"]),
         "cosine": figures,
     }
     (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")

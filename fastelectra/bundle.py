@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from fastelectra.errors import FastElectraError
+from fastelectra.precisions import FP32
+
+# Re-exported: fastelectra.json's "precision" is one of these names.
+from fastelectra.precisions import PRECISIONS as PRECISIONS
 from fastelectra.workdirs import owned_directory
 
 FORMAT = "fastelectra-bundle"
@@ -37,7 +41,6 @@ TRT_CALIBRATION_FILE = "calibration.flatbuffers"
 
 INPUT_NAMES = ("input_word_ids", "input_mask", "segment_ids")
 OUTPUT_NAMES = ("pooled_output", "sequence_output")
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
 
 
 class BundleError(FastElectraError, ValueError):
@@ -69,7 +72,7 @@ class BundleMeta:
 
     source: str
     dimensions: Dimensions
-    precision: str = "fp32"
+    precision: str = FP32.name
     do_lower_case: bool = True
     max_sequence_length: int = 512
     inputs: list[str] = field(default_factory=lambda: list(INPUT_NAMES))

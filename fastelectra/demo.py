@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastelectra.precisions import FP32
+
 SENTENCES = [
     "A man is playing a guitar on stage.",
     "Someone performs music with a guitar in front of an audience.",
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         "--source", default="minilm", help="preset name, SavedModel, .tar.gz or handle"
     )
     parser.add_argument("--out", default=".cache/demo-bundle")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default=FP32.name)
     args = parser.parse_args(argv)
 
     from fastelectra.convert.build import build

@@ -27,10 +27,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastelectra.runtime import Encoder
+from fastelectra.runtime.batching import plan_runs
 from fastelectra.runtime.tokenizer import Encoding
 from fastelectra.serve import ServeConfig, create_app
 from fastelectra.serve.batcher import Batcher, BatcherClosed, QueueFull, RunResult
-from fastelectra.serve.planner import measure_overhead_tokens, plan_runs
+from fastelectra.serve.overhead import measure_overhead_tokens
 
 API_KEY = "test-key-4f1c"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

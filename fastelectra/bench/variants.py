@@ -24,6 +24,7 @@ import numpy as np
 from fastelectra.bench.weights import WeightBytes, fp32_weight_bytes, model_weight_bytes
 from fastelectra.bundle import OUTPUT_NAMES, Bundle, Dimensions, load_bundle
 from fastelectra.errors import InputError
+from fastelectra.precisions import FP32
 from fastelectra.runtime.encoder import Encoder
 from fastelectra.runtime.providers import Providers, plan_execution, plan_for_bundle
 from fastelectra.runtime.session import EncoderSession
@@ -227,7 +228,7 @@ class TensorFlowVariant(Variant):
     """The original SavedModel through its own `tf.function`, as `fastelectra verify` runs it."""
 
     framework = TENSORFLOW
-    precision = "fp32"
+    precision = FP32.name
     device = "cpu"
 
     def __init__(self, source: EncoderSource, spec_source: str, threads: dict[str, int]) -> None:

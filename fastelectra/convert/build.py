@@ -21,7 +21,6 @@ from typing import Any, TextIO
 
 from fastelectra.bundle import (
     MODEL_FILE,
-    PRECISIONS,
     TOKENIZER_FILE,
     VERIFICATION_FILE,
     BundleMeta,
@@ -31,7 +30,8 @@ from fastelectra.bundle import (
 )
 from fastelectra.convert.console import captured_output, printer
 from fastelectra.convert.steps import Steps, mb
-from fastelectra.errors import FastElectraError, InputError
+from fastelectra.errors import FastElectraError
+from fastelectra.precisions import FP32, precision_named
 from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_directory
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def tool_versions() -> dict[str, str]:
 def build(
     source: str | Path,
     out: str | Path,
-    precision: str = "fp32",
+    precision: str = FP32.name,
     verify_texts: str | Path | None = None,
     calibration_texts: str | Path | None = None,
     calibration_method: str = "minmax",
@@ -105,10 +105,7 @@ def build(
     from fastelectra.convert.verify import default_texts, format_report
     from fastelectra.runtime.lines import read_texts
 
-    if precision not in PRECISIONS:
-        raise InputError(
-            f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}"
-        )
+    converted = precision_named(precision).converted
     started = time.perf_counter()
     say = progress or (lambda _message: None)
     out = Path(out)
@@ -132,14 +129,14 @@ def build(
             from fastelectra.convert.fuse import fuse
 
             # The FP32 graph is the bundle's model at fp32; otherwise only the next step's input.
-            external = precision != "fp32"
+            external = converted
             fusion = fuse(stage.exported, work / "fused.onnx", dims, external_data=external)
         say(f"  fused ops: {fusion.counts}")
         with staged_directory(out) as staging:
             shutil.copyfile(stage.tokenizer, staging / TOKENIZER_FILE)
             model_path = staging / MODEL_FILE
             quantization: dict[str, Any] = {}
-            if precision == "fp32":
+            if not converted:
                 _move_model(work / "fused.onnx", model_path)
             else:
                 with step("precision", f"converting to {precision}"):
@@ -166,7 +163,7 @@ def build(
                     staging / TOKENIZER_FILE,
                     precision,
                     texts,
-                    fp32_model=None if precision == "fp32" else work / "fused.onnx",
+                    fp32_model=work / "fused.onnx" if converted else None,
                     max_length=dims.max_positions,
                     bar=terminal if progress is _stderr_progress else None,
                 )

@@ -34,6 +34,7 @@ import onnx
 
 from fastelectra.bundle import INPUT_NAMES
 from fastelectra.errors import FastElectraError
+from fastelectra.precisions import UPPER_BOUND_METRICS, Gate
 
 # Texts used to rank nodes (one FP32 pass each) and to check each candidate model.
 RANK_TEXTS = 16
@@ -133,18 +134,18 @@ def node_sensitivity(
 
 
 def tightened(thresholds: dict[str, Any], margin: float = MARGIN) -> dict[str, Any]:
-    """Each lower bound moved `margin` of the way from itself to 1."""
+    """Each lower bound of the gate `thresholds` moved `margin` of the way from itself to 1."""
 
     def tighten(bound: float) -> float:
         return round(1.0 - (1.0 - bound) * (1.0 - margin), 6)
 
-    out: dict[str, Any] = {}
-    for key, bounds in thresholds.items():
-        if isinstance(bounds, dict):
-            out[key] = {m: tighten(b) for m, b in bounds.items() if m != "max_abs_diff"}
-        else:
-            out[key] = tighten(bounds)
-    return out
+    gate = Gate.from_json(thresholds)
+    bounds = {
+        section: {m: tighten(b) for m, b in metrics.items() if m not in UPPER_BOUND_METRICS}
+        for section, metrics in gate.bounds.items()
+    }
+    spearman = gate.spearman_vs_fp32
+    return Gate(bounds, None if spearman is None else tighten(spearman)).to_json()
 
 
 def search_fp32_nodes(

@@ -20,6 +20,7 @@ import onnx
 
 from fastelectra.convert.int8 import INT8_OPS, DynamicInt8, Int8Quantizer
 from fastelectra.errors import InputError
+from fastelectra.precisions import precision_named
 
 if TYPE_CHECKING:
     from fastelectra.convert.int8_search import SearchResult
@@ -50,12 +51,13 @@ def convert_precision(
     `fastelectra.convert.int8_search`); `int8_search=False` quantises every MatMul and
     Attention (for speed work on random weights, whose accuracy means nothing).
     """
-    if precision == "fp16":
+    conversion = precision_named(precision).conversion
+    if conversion == "float16":
         return to_fp16(fused, dst)
-    if precision not in ("int8-dynamic", "int8-static"):
+    if conversion not in ("quantize-dynamic", "quantize-static"):
         raise InputError(f"no conversion for precision {precision!r}")
     quantizer: Int8Quantizer
-    if precision == "int8-dynamic":
+    if conversion == "quantize-dynamic":
         quantizer = DynamicInt8(fused, dst)
     else:
         from fastelectra.calibration.static import StaticInt8

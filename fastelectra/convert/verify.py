@@ -17,21 +17,12 @@ from typing import Any
 import numpy as np
 
 from fastelectra.bundle import OUTPUT_NAMES
-from fastelectra.errors import InputError
+from fastelectra.precisions import TABLE, UPPER_BOUND_METRICS, Gate, precision_named
 from fastelectra.runtime.lines import Text, read_texts
 
-# Gates per precision. "max_abs_diff" is an upper bound, cosines and Spearman lower bounds.
-_COSINE_INT8 = {"mean_cosine": 0.995, "min_cosine": 0.98}
-THRESHOLDS: dict[str, dict[str, Any]] = {
-    "fp32": {"pooled_output": {"max_abs_diff": 1e-4}, "sequence_output": {"max_abs_diff": 1e-4}},
-    "fp16": {"pooled_output": {"min_cosine": 0.9995}, "sequence_output": {"min_cosine": 0.9995}},
-    "int8-dynamic": {
-        "pooled_output": _COSINE_INT8,
-        "mean_pooled_sequence": _COSINE_INT8,
-        "spearman_vs_fp32": 0.99,
-    },
-}
-THRESHOLDS["int8-static"] = THRESHOLDS["int8-dynamic"]
+# Each precision's gate (`fastelectra.precisions`) in the form verification.json records it.
+# `verify` reads its gate here when it runs, so a test can swap one in.
+THRESHOLDS: dict[str, dict[str, Any]] = {p.name: p.gate.to_json() for p in TABLE}
 
 
 def default_texts() -> list[Text]:
@@ -194,8 +185,7 @@ def verify(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Compare `candidate` with the TensorFlow `reference` (and with the FP32 model if given)."""
-    if precision not in THRESHOLDS:
-        raise InputError(f"unknown precision {precision!r}; expected one of {sorted(THRESHOLDS)}")
+    precision_named(precision)  # an unknown name fails before any model runs
     vs_tf, vs_fp32 = _Comparison(), _Comparison()
     truncated = sum(bool(e.truncated) for e in encodings)
     for ids, mask, segments, lengths in batches(encodings, batch_size):
@@ -230,26 +220,24 @@ def verify(
 
 
 def gate_failures(report: dict[str, Any], thresholds: dict[str, Any]) -> list[str]:
+    """What in `report` misses the gate `thresholds` (as `THRESHOLDS` holds it); [] if none."""
+    gate = Gate.from_json(thresholds)
     failures = []
-    for key, bounds in thresholds.items():
-        if key == "spearman_vs_fp32":
-            value = (report.get("against_fp32") or {}).get("spearman")
-            if value is None:
-                value = report.get("spearman_vs_tensorflow")
-            if value is None or value < bounds:
-                failures.append(f"spearman {value} < {bounds}")
-            continue
-        figures = report["outputs"].get(key) or report.get(key) or {}
+    for section, bounds in gate.bounds.items():
+        figures = report["outputs"].get(section) or report.get(section) or {}
         for metric, bound in bounds.items():
             value = figures.get(metric)
-            bad = (
-                value is None
-                or math.isnan(value)
-                or (value > bound if metric == "max_abs_diff" else value < bound)
-            )
+            upper = metric in UPPER_BOUND_METRICS
+            bad = value is None or math.isnan(value) or (value > bound if upper else value < bound)
             if bad:
-                op = "<=" if metric == "max_abs_diff" else ">="
-                failures.append(f"{key}.{metric} = {value} (needs {op} {bound})")
+                needs = "<=" if upper else ">="
+                failures.append(f"{section}.{metric} = {value} (needs {needs} {bound})")
+    if gate.spearman_vs_fp32 is not None:
+        value = (report.get("against_fp32") or {}).get("spearman")
+        if value is None:
+            value = report.get("spearman_vs_tensorflow")
+        if value is None or value < gate.spearman_vs_fp32:
+            failures.append(f"spearman {value} < {gate.spearman_vs_fp32}")
     return failures
 
 

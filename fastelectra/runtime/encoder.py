@@ -258,35 +258,43 @@ class Encoder:
         """Each text's model input, cut to `max_length` tokens without a warning.
 
         `Encoding.truncated` says which texts were cut, so the caller decides whether that is
-        an error; `len(encoding)` is the exact token count. Feed the result to `run_batches`.
+        an error; `len(encoding)` is the exact token count. Plan runs of them with
+        `batching.plan_runs`, make each a `batching.batch_of` and give it to `run_batch`.
         """
         return self._encode(check_texts(texts), None)
 
-    def run_batches(
-        self,
-        encodings: Sequence[Encoding],
-        batch_size: int = 32,
-        max_batch_tokens: int | None = 16384,
-    ) -> Iterator[tuple[Batch, np.ndarray, np.ndarray]]:
-        """Run the model on `encodings` in length-sorted batches (as `embed` does).
+    @property
+    def max_run_rows(self) -> int | None:
+        """The most rows one model run admits; None: no limit.
 
-        Yields ``(batch, pooled [rows, hidden], sequence [rows, longest, hidden])`` per model run;
-        ``batch.indices`` are the rows' positions in `encodings`. Pool with `pool`.
+        An explicit TensorRT profile admits no batch larger than the one it was built for.
         """
-        check_batch_limits(batch_size, max_batch_tokens)
-        return self._run(encodings, batch_size, max_batch_tokens)
+        return self._session.plan.max_batch
+
+    def run_batch(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Run the model on one planned batch of at most `max_run_rows` rows.
+
+        Returns ``(pooled [rows, hidden], sequence [rows, longest, hidden])``, float32, row r
+        for ``batch.indices[r]``. Pool with `pool`.
+        """
+        limit = self.max_run_rows
+        if limit is not None and len(batch.indices) > limit:
+            raise InputError(
+                f"a batch of {len(batch.indices)} rows, but this session runs at most {limit} "
+                "(its TensorRT profile's largest batch)"
+            )
+        pooled, sequence = self._session.run(
+            batch.input_word_ids, batch.input_mask, batch.segment_ids
+        )
+        return np.asarray(pooled, np.float32), np.asarray(sequence, np.float32)
 
     def _run(
         self, encodings: Sequence[Encoding], batch_size: int, max_batch_tokens: int | None
     ) -> Iterator[tuple[Batch, np.ndarray, np.ndarray]]:
-        # An explicit TensorRT profile admits no batch larger than the one it was built for.
-        if self._session.plan.max_batch is not None:
-            batch_size = min(batch_size, self._session.plan.max_batch)
+        if self.max_run_rows is not None:
+            batch_size = min(batch_size, self.max_run_rows)
         for batch in iter_batches(encodings, batch_size, max_batch_tokens):
-            pooled, sequence = self._session.run(
-                batch.input_word_ids, batch.input_mask, batch.segment_ids
-            )
-            yield batch, np.asarray(pooled, np.float32), np.asarray(sequence, np.float32)
+            yield batch, *self.run_batch(batch)
 
     def _tokenize(self, texts: list[str], pairs: list[str] | None, long: str) -> list[Encoding]:
         encodings = self._encode(texts, pairs)

@@ -34,6 +34,7 @@ import onnxruntime as ort
 
 from fastelectra.bundle import INPUT_NAMES
 from fastelectra.errors import InputError
+from fastelectra.precisions import FP32, precision_named
 
 if TYPE_CHECKING:
     from fastelectra.bundle import Bundle
@@ -235,7 +236,7 @@ def plan_execution(
     providers: Providers = None,
     threads: int | None = None,
     *,
-    precision: str = "fp32",
+    precision: str = FP32.name,
     max_length: int = 512,
     max_batch: int = DEFAULT_MAX_BATCH,
     calibration_table: str | os.PathLike[str] | None = None,
@@ -324,7 +325,7 @@ def cuda_options(device_id: int = 0) -> dict[str, str]:
 def tensorrt_options(
     device_id: int = 0,
     *,
-    precision: str = "fp32",
+    precision: str = FP32.name,
     max_length: int = 512,
     max_batch: int = DEFAULT_MAX_BATCH,
     calibration_table: str | os.PathLike[str] | None = None,
@@ -333,6 +334,7 @@ def tensorrt_options(
     cache_root: str | os.PathLike[str] | None = None,
     inputs: Sequence[str] = INPUT_NAMES,
 ) -> dict[str, str]:
+    spec = precision_named(precision)
     root = Path(cache_root) if cache_root is not None else default_trt_cache_root()
     opt_batch = min(DEFAULT_OPT_BATCH, max_batch)
     opt_length = min(DEFAULT_OPT_LENGTH, max_length)
@@ -351,17 +353,17 @@ def tensorrt_options(
         "trt_profile_min_shapes": profile_shapes(1, 1, inputs),
         "trt_profile_opt_shapes": profile_shapes(opt_batch, opt_length, inputs),
         "trt_profile_max_shapes": profile_shapes(max_batch, max_length, inputs),
-        "trt_fp16_enable": "1" if precision == "fp16" else "0",
+        "trt_fp16_enable": "1" if spec.tensorrt_fp16 else "0",
     }
-    if precision == "int8-static" and qdq:
+    if spec.tensorrt_int8 and qdq:
         # Explicit quantisation: TensorRT reads the scales from the Q/DQ nodes, and refuses to
         # load a model with Q/DQ nodes *and* a calibration table (onnxruntime's TensorRT EP
         # documentation; onnxruntime issue #13071).
         options["trt_int8_enable"] = "1"
-    elif precision == "int8-static":
+    elif spec.tensorrt_int8:
         if calibration_table is None:
             warnings.warn(
-                "int8-static bundle has no calibration.flatbuffers; TensorRT runs it without "
+                f"{precision} bundle has no calibration.flatbuffers; TensorRT runs it without "
                 "int8 (rebuild the bundle with calibration to get int8 kernels)",
                 RuntimeWarning,
                 stacklevel=external_stacklevel(),

@@ -35,6 +35,7 @@ from fastelectra.bundle import (
     staged_directory,
 )
 from fastelectra.errors import DependencyMissing, InputError
+from fastelectra.precisions import precision_named
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
 KINDS = ("KIND_GPU", "KIND_CPU")
-TENSORRT_PRECISION = {"fp32": "FP32", "fp16": "FP16", "int8-dynamic": "FP32", "int8-static": "INT8"}
 TRITON_TYPES = {"int32": "TYPE_INT32", "int64": "TYPE_INT64"}
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -200,7 +200,7 @@ def tensorrt_parameters(
     inputs = bundle.meta.inputs
     batch = options.max_batch_size
     parameters = {
-        "precision_mode": TENSORRT_PRECISION[bundle.meta.precision],
+        "precision_mode": precision_named(bundle.meta.precision).tensorrt_precision_mode,
         # One explicit profile over every shape Triton can send: without it TensorRT rebuilds
         # its engine each time a batch is longer or larger than all before it.
         "trt_profile_min_shapes": profile_shapes(1, 1, inputs),
@@ -222,7 +222,8 @@ def tensorrt_parameters(
 
 def calibration_table_for_tensorrt(bundle: Bundle) -> Path | None:
     """The bundle's TensorRT calibration table, if TensorRT should be given it (see above)."""
-    if bundle.meta.precision != "int8-static" or bundle.calibration_table_path is None:
+    int8 = precision_named(bundle.meta.precision).tensorrt_int8
+    if not int8 or bundle.calibration_table_path is None:
         return None
     if bundle.meta.quantization.get("format") == "QDQ":
         return None  # the scales are in the model's Q/DQ nodes; a table would fail the load

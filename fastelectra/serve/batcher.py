@@ -10,7 +10,7 @@ while requests have recently been arriving faster than one per `max_wait_s` (a m
 of the gaps): a lone client's request, with nobody to wait for, runs at once instead of
 paying the wait on every call.
 
-The runner decides how a unit's texts are cut into model runs (`planner.plan_runs`: by length,
+The runner decides how a unit's texts are cut into model runs (`batching.plan_runs`: by length,
 so that short texts are not padded to a long one's length). Each run is one trip to a single
 model thread: a run already uses every core onnxruntime is given and releases the GIL, so the
 event loop serves HTTP meanwhile, and between runs it scatters the vectors and answers every

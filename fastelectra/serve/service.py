@@ -16,6 +16,7 @@ import numpy as np
 
 from fastelectra import __version__
 from fastelectra.bundle import load_bundle
+from fastelectra.runtime.batching import batch_of, plan_runs
 from fastelectra.runtime.encoder import Encoder, pool
 from fastelectra.runtime.providers import available_cores
 from fastelectra.runtime.tokenizer import Encoding
@@ -23,7 +24,7 @@ from fastelectra.serve.batcher import Batcher, BatcherClosed, ModelRunner, Queue
 from fastelectra.serve.config import ServeConfig
 from fastelectra.serve.errors import ApiError
 from fastelectra.serve.metrics import ServerMetrics
-from fastelectra.serve.planner import measure_overhead_tokens, plan_runs
+from fastelectra.serve.overhead import measure_overhead_tokens
 
 log = logging.getLogger("fastelectra.serve")
 
@@ -41,18 +42,19 @@ def pooling_runner(
     overhead_tokens: float,
 ) -> ModelRunner:
     """The batcher's model: a unit cut into runs by `plan_runs`, pooled as `Encoder.embed` does."""
+    # A TensorRT profile admits no more rows per run than it was built for.
+    max_rows = min(max_batch_size, encoder.max_run_rows or max_batch_size)
 
     def run(encodings: Sequence[Encoding]) -> Iterator[RunResult]:
         lengths = np.array([len(e) for e in encodings])
-        plan = plan_runs(lengths, max_batch_size, max_batch_tokens, overhead_tokens)
+        plan = plan_runs(lengths, max_rows, max_batch_tokens, overhead_tokens)
         # Shortest runs first: most requests are short, and each is answered as soon as its
         # own texts have run.
         for rows in reversed(plan):
-            # One planned run is one batch: no cap beyond its own size (TensorRT's may split it).
-            group = [encodings[i] for i in rows]
-            for batch, pooled, sequence in encoder.run_batches(group, len(group), None):
-                vectors = pool(pooling, pooled, sequence, batch.input_mask)
-                yield rows[batch.indices], vectors, int(batch.input_word_ids.size)
+            batch = batch_of(encodings, rows)
+            pooled, sequence = encoder.run_batch(batch)
+            vectors = pool(pooling, pooled, sequence, batch.input_mask)
+            yield batch.indices, vectors, int(batch.input_word_ids.size)
 
     return run
 
@@ -100,8 +102,8 @@ class EmbeddingService:
         )
         # The first run of a shape allocates onnxruntime's memory arena (on a GPU it also picks
         # kernels): pay that here, at the longest input, not on a client's request.
-        longest = encoder.tokenize(["warm-up " * encoder.max_length])
-        await asyncio.to_thread(lambda: list(encoder.run_batches(longest, 1, None)))
+        longest = batch_of(encoder.tokenize(["warm-up " * encoder.max_length]), np.arange(1))
+        await asyncio.to_thread(encoder.run_batch, longest)
         if self.overhead_tokens is None:
             self.overhead_tokens = await asyncio.to_thread(
                 measure_overhead_tokens, encoder, limits.max_batch_tokens
