@@ -108,7 +108,7 @@ def test_a_bug_in_a_command_keeps_its_traceback(monkeypatch, tmp_path, capsys, b
 
 
 def test_a_bug_in_a_subcommand_module_keeps_its_traceback(monkeypatch, tmp_path, capsys):
-    # `embed` is registered from fastelectra.runtime.cli: main's handling covers it too.
+    # `embed` runs from fastelectra.runtime.cli: main's handling covers it too.
     from fastelectra.runtime.encoder import Encoder
 
     def broken(*args, **kwargs):

@@ -28,8 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from fastelectra.cli import register_subcommand
-from fastelectra.errors import DependencyMissing, InputError
+from fastelectra.errors import DependencyMissing, InputError, UsageError
 from fastelectra.runtime.lines import read_line_chunks
 
 if TYPE_CHECKING:
@@ -48,11 +47,7 @@ STDIO = "-"
 TRUNCATION_WARNING = re.compile(r"^(\d+) of \d+ texts were longer than max_length")
 
 
-class UsageError(InputError):
-    """Options that do not go together: reported like argparse's own errors (exit status 2)."""
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
+def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     import inspect
 
     from fastelectra.runtime.encoder import LONG_MODES, POOLINGS, Encoder
@@ -147,20 +142,11 @@ def positive_int(value: str) -> int:
     return number
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        if args.ray:
-            return run_ray(args)
-        check_local_options(args)
-        return embed_lines(args)
-    except UsageError as e:
-        print(f"fastelectra embed: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        # The reader of stdout went away (`| head`): stop quietly, and point stdout at
-        # /dev/null so that the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+def run_embed(args: argparse.Namespace) -> int:
+    if args.ray:
+        return run_ray(args)
+    check_local_options(args)
+    return embed_lines(args)
 
 
 def check_local_options(args: argparse.Namespace) -> None:
@@ -484,6 +470,3 @@ def run_ray(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"fastelectra embed: wrote {rows} embeddings to {args.output}", file=sys.stderr)
     return 0
-
-
-register_subcommand("embed", "embed texts (one per line) with a bundle", configure, run)

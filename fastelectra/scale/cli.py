@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastelectra.cli import register_subcommand
 from fastelectra.scale.triton import KINDS, TritonOptions
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def add_export_triton_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TritonOptions()
     parser.add_argument("bundle", help="the bundle directory")
     parser.add_argument("repo", help="the Triton model repository to write the model into")
@@ -54,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run_export_triton(args: argparse.Namespace) -> int:
     from fastelectra.scale.triton import export_triton
 
     options = TritonOptions(
@@ -69,8 +68,3 @@ def run(args: argparse.Namespace) -> int:
     model_dir = export_triton(args.bundle, args.repo, name=args.name, options=options)
     print(model_dir, file=sys.stdout)
     return 0
-
-
-register_subcommand(
-    "export-triton", "write a Triton Inference Server model repository for a bundle", configure, run
-)
