@@ -160,7 +160,7 @@ def build(
                 from fastelectra.convert.verify import recorded_runner
 
                 report = verify_model(
-                    recorded_runner(stage.reference),
+                    recorded_runner(stage.tensorflow_outputs),
                     model_path,
                     staging / TOKENIZER_FILE,
                     precision,
@@ -202,7 +202,7 @@ def build(
 
 
 def verify_model(
-    reference: Any,
+    tensorflow: Any,
     model_path: Path,
     tokenizer_path: Path,
     precision: str,
@@ -211,7 +211,7 @@ def verify_model(
     max_length: int = 512,
     bar: TextIO | None = None,
 ) -> dict[str, Any]:
-    """Compare the model at `model_path` with `reference` (a `verify.Runner`: TensorFlow live,
+    """Compare the model at `model_path` with `tensorflow` (a `verify.Runner`: TensorFlow live,
     or its recorded outputs) on `texts`; a progress bar on `bar` if it is a terminal."""
     from fastelectra.convert.console import text_bar
     from fastelectra.convert.verify import onnx_runner, verify
@@ -220,7 +220,7 @@ def verify_model(
     encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), texts, max_length)
     with text_bar(len(encodings), "verifying", bar) as advance:
         return verify(
-            reference,
+            tensorflow,
             onnx_runner(model_path),
             encodings,
             precision,

@@ -1,4 +1,4 @@
-"""`fastelectra embed OUT`: texts in (one per line), embeddings out, in bounded memory.
+"""`fastelectra embed BUNDLE`: texts in (one per line), embeddings out, in bounded memory.
 
     fastelectra embed bundles/minilm --input corpus.txt --output corpus.npy --pooling mean
 
@@ -58,7 +58,9 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
         "Embed texts, one per line, with a bundle. Line i of the input is row i of the output; "
         "an empty line embeds as an empty text."
     )
-    parser.add_argument("bundle", metavar="OUT", help="bundle directory (`fastelectra build -o`)")
+    parser.add_argument(
+        "bundle", metavar="BUNDLE", help="bundle directory (`fastelectra build -o`)"
+    )
     parser.add_argument(
         "-i",
         "--input",
