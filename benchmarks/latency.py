@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastelectra.bench.machine import results_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cli.configure(parser)
+    cli.add_bench_arguments(parser)
     parser.add_argument(
         "--with-ort-skipln",
         action="store_true",
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         args.source = None  # loaded above: the bench must not load it a second time
         # The memory runs reload each variant from its files, so they run inside this block.
-        return cli.run(args, extra_variants=extra, command=command)
+        return cli.run_bench(args, extra_variants=extra, command=command)
 
 
 if __name__ == "__main__":

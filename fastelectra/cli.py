@@ -1,40 +1,39 @@
 """The `fastelectra` command line: a thin layer over the Python API.
 
-Each subcommand lives in a small function that imports what it needs, so `fastelectra info`
-or `fastelectra embed` never load TensorFlow.
+`SUBCOMMANDS` is the whole list of subcommands: each names the function that adds its
+arguments and the one that runs it. Those of a feature (embed, bench, serve, export-triton)
+live in the feature's own `cli` module; like this one, those modules import nothing heavy at
+module level, and each run function imports what it needs, so `fastelectra info` or
+`fastelectra embed` never load TensorFlow (tests/test_embed_cli.py checks it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from fastelectra.errors import FastElectraError
-
-Command = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str) -> Callable[[Command], Command]:
-    def register(fn: Command) -> Command:
-        _COMMANDS[name] = fn
-        return fn
-
-    return register
+from fastelectra.bench.cli import add_bench_arguments, run_bench
+from fastelectra.errors import FastElectraError, UsageError
+from fastelectra.runtime.cli import add_embed_arguments, run_embed
+from fastelectra.scale.cli import add_export_triton_arguments, run_export_triton
+from fastelectra.serve.cli import add_serve_arguments, run_serve
 
 
-def _parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _add_build_arguments(p: argparse.ArgumentParser) -> None:
     from fastelectra.bundle import PRECISIONS
 
-    parser = argparse.ArgumentParser(
-        prog="fastelectra",
-        description="Optimised ONNX Runtime bundles for TF Hub BERT-family encoders.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("build", help="convert a SavedModel / TF Hub module into a verified bundle")
     p.add_argument("source", help="SavedModel dir, .tar.gz module, TF Hub handle, or a preset name")
     p.add_argument("-o", "--out", required=True, help="bundle directory to write")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
@@ -58,32 +57,25 @@ def _parser() -> argparse.ArgumentParser:
         help="int8: quantise every MatMul/Attention instead of searching which must stay FP32",
     )
 
-    p = sub.add_parser("verify", help="re-check a bundle against its TensorFlow original")
+
+def _add_verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle")
     p.add_argument("--source", required=True)
     p.add_argument("--verify-texts")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    p = sub.add_parser("info", help="show a bundle's metadata and verification figures")
+
+def _add_info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("reference", help="build (or find cached) a reference module")
+
+def _add_reference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", help="a preset: tiny, base, electra-large, minilm, tiny-2020, ...")
     p.add_argument("--tar-gz", action="store_true", help="the compressed TF Hub form")
 
-    for name, fn in _EXTRA_PARSERS.items():
-        fn(sub.add_parser(name, help=_EXTRA_HELP[name]))
-    return parser
 
-
-# Subcommands defined in other modules register a parser builder here.
-_EXTRA_PARSERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
-_EXTRA_HELP: dict[str, str] = {}
-
-
-@command("build")
-def _build(args: argparse.Namespace) -> int:
+def _run_build(args: argparse.Namespace) -> int:
     from fastelectra.convert.build import build
     from fastelectra.convert.resolve import resolve_source
 
@@ -102,8 +94,7 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("verify")
-def _verify(args: argparse.Namespace) -> int:
+def _run_verify(args: argparse.Namespace) -> int:
     from fastelectra.bundle import load_bundle
     from fastelectra.convert.build import verify_model
     from fastelectra.convert.resolve import resolve_source
@@ -126,8 +117,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
-@command("info")
-def _info(args: argparse.Namespace) -> int:
+def _run_info(args: argparse.Namespace) -> int:
     from fastelectra.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
@@ -155,8 +145,7 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("reference")
-def _reference(args: argparse.Namespace) -> int:
+def _run_reference(args: argparse.Namespace) -> int:
     from fastelectra.convert.presets import PRESETS, preset_module
 
     if args.preset not in PRESETS:
@@ -166,14 +155,79 @@ def _reference(args: argparse.Namespace) -> int:
     return 0
 
 
+# In the order `fastelectra --help` lists them.
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        "build",
+        "convert a SavedModel / TF Hub module into a verified bundle",
+        _add_build_arguments,
+        _run_build,
+    ),
+    Subcommand(
+        "verify",
+        "re-check a bundle against its TensorFlow original",
+        _add_verify_arguments,
+        _run_verify,
+    ),
+    Subcommand(
+        "info", "show a bundle's metadata and verification figures", _add_info_arguments, _run_info
+    ),
+    Subcommand(
+        "reference",
+        "build (or find cached) a reference module",
+        _add_reference_arguments,
+        _run_reference,
+    ),
+    Subcommand("embed", "embed texts (one per line) with a bundle", add_embed_arguments, run_embed),
+    Subcommand(
+        "bench",
+        "latency, throughput, memory and GEMM floor of bundles (and TF, peers, traffic)",
+        add_bench_arguments,
+        run_bench,
+    ),
+    Subcommand(
+        "serve",
+        "serve a bundle over HTTP (OpenAI and TEI embedding APIs)",
+        add_serve_arguments,
+        run_serve,
+    ),
+    Subcommand(
+        "export-triton",
+        "write a Triton Inference Server model repository for a bundle",
+        add_export_triton_arguments,
+        run_export_triton,
+    ),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastelectra",
+        description="Optimised ONNX Runtime bundles for TF Hub BERT-family encoders.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for subcommand in SUBCOMMANDS:
+        subcommand.add_arguments(sub.add_parser(subcommand.name, help=subcommand.help))
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_extra_commands()
     args = _parser().parse_args(argv)
+    run = next(s.run for s in SUBCOMMANDS if s.name == args.command)
     try:
-        return _COMMANDS[args.command](args)
+        return run(args)
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except UsageError as e:
+        # Options that do not go together: reported like argparse's own errors.
+        print(f"fastelectra {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly, and point stdout at
+        # /dev/null so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (FastElectraError, OSError) as e:
         # Known failures (bad source, failed gate, damaged bundle) get one clear line; any
         # other exception is a bug, and its traceback is what a report of it needs.
@@ -181,34 +235,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _load_extra_commands() -> None:
-    """Import modules that add subcommands (kept out of this file to keep it thin)."""
-    import importlib
-
-    for module in (
-        "fastelectra.runtime.cli",
-        "fastelectra.bench.cli",
-        "fastelectra.serve.cli",
-        "fastelectra.scale.cli",
-    ):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if not (e.name and module.startswith(e.name)):
-                raise  # a real missing dependency inside an existing module
-
-
-def register_subcommand(
-    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None], run: Command
-) -> None:
-    _EXTRA_PARSERS[name] = configure
-    _EXTRA_HELP[name] = help
-    _COMMANDS[name] = run
-
-
 if __name__ == "__main__":
-    # `python -m fastelectra.cli` runs this file as __main__, a second copy of the module:
-    # subcommand modules register into `fastelectra.cli`, so run that copy's main.
-    from fastelectra.cli import main as registered_main
-
-    sys.exit(registered_main())
+    sys.exit(main())

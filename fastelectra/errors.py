@@ -23,6 +23,11 @@ class InputError(FastElectraError, ValueError):
     """A text, file, option or argument given by the caller that cannot be used as it is."""
 
 
+class UsageError(InputError):
+    """Command-line options that do not go together; the command line exits with status 2 for
+    it, as argparse does for its own usage errors."""
+
+
 class DependencyMissing(FastElectraError, RuntimeError):
     """A feature needs an optional package that is not installed; the message says which."""
 

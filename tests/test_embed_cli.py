@@ -23,7 +23,8 @@ from test_runtime import sentence, write_synthetic_bundle
 from fastelectra.bundle import MODEL_FILE
 from fastelectra.cli import main
 from fastelectra.runtime import Encoder
-from fastelectra.runtime.cli import RAY_MODULE, NpyWriter, default_mode
+from fastelectra.runtime.writers import NpyWriter, default_mode
+from fastelectra.scale.cli import RAY_MODULE
 
 ROOT = Path(__file__).resolve().parents[1]
 # The `fastelectra` console script, run by this interpreter.

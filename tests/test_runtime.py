@@ -32,7 +32,7 @@ from fastelectra.bundle import (
     load_bundle,
     staged_directory,
 )
-from fastelectra.runtime import Encoder, EncoderOutput
+from fastelectra.runtime import Encoder, EncoderOutput, TruncationWarning
 from fastelectra.runtime.batching import plan_batches
 from fastelectra.runtime.encoder import chunk_ids
 from fastelectra.runtime.session import EncoderSession
@@ -293,6 +293,14 @@ def test_truncation_warns_once_per_call(encoder):
         encoder.embed(["short", "texts only"])  # nothing cut, nothing said
     with pytest.raises(ValueError, match="longer than max_length"):
         encoder.embed(texts, long="error")
+
+
+def test_truncation_warning_carries_its_count(encoder):
+    texts = [sentence(80, 1), "short", sentence(60, 2), sentence(70, 3)]
+    with pytest.warns(TruncationWarning) as record:
+        encoder.encode(texts)
+    assert (record[0].message.count, record[0].message.texts) == (3, 4)
+    assert issubclass(TruncationWarning, UserWarning)  # filters on UserWarning still catch it
 
 
 def test_truncated_text_equals_its_prefix(encoder):

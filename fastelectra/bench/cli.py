@@ -1,6 +1,6 @@
 """`fastelectra bench BUNDLE... [--source SOURCE] [--batch 1,8,32] [--seq 16,64,128,512] ...`
 
-Registers the `bench` subcommand; `fastelectra.cli` imports this module when it exists.
+Imported by `fastelectra.cli` for every command, so only argparse work happens at import time.
 TensorFlow is imported only when `--source` is given, torch only with `--peers`.
 """
 
@@ -15,7 +15,6 @@ from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
-from fastelectra.cli import register_subcommand
 from fastelectra.errors import InputError
 
 DEFAULT_BATCHES = "1,8,32"
@@ -61,7 +60,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def configure(p: argparse.ArgumentParser) -> None:
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories to compare")
     p.add_argument(
         "--source",
@@ -199,7 +198,7 @@ def baselines_of(variants: Sequence[Any]) -> list[str]:
     return names
 
 
-def run(
+def run_bench(
     args: argparse.Namespace, extra_variants: Sequence[Any] = (), command: str | None = None
 ) -> int:
     """`fastelectra bench`; `extra_variants` (already loaded) join the bundles and TF, as
@@ -324,11 +323,3 @@ def run(
     plots = ", ".join(results["plots"]) or "no plots"
     print(f"\nwrote {out}: results.json, results.md, {plots}")
     return 0
-
-
-register_subcommand(
-    "bench",
-    "latency, throughput, memory and GEMM floor of bundles (and TF, peers, traffic)",
-    configure,
-    run,
-)

@@ -89,9 +89,9 @@ def relative_p50(cells: Sequence[dict[str, Any]], baselines: Sequence[str]) -> l
         key = (c["batch"], c["seq"])
         row: dict[str, Any] = {"variant": c["variant"], "batch": c["batch"], "seq": c["seq"]}
         for base in baselines:
-            reference = p50.get((base, *key))
+            base_p50 = p50.get((base, *key))
             row[f"p50_over_{base}"] = (
-                round(c["latency_ms"]["p50"] / reference, 3) if reference else None
+                round(c["latency_ms"]["p50"] / base_p50, 3) if base_p50 else None
             )
         rows.append(row)
     return rows

@@ -131,16 +131,17 @@ def run_peers(
                     "speedup_vs_st_torch": round(rates[name] / rates[TORCH_PEER], 3),
                 }
             )
-    # Our FP32 bundle is the reference; without one, the peer (the original network) is.
-    reference = next((v.name for v in variants if v.precision == FP32.name), TORCH_PEER)
+    # Accuracy is cosine to a baseline (results.json's "reference"): our FP32 bundle, or
+    # without one the peer (the original network).
+    baseline = next((v.name for v in variants if v.precision == FP32.name), TORCH_PEER)
     accuracy: dict[str, Any] = {}
     for name, vectors in embeddings.items():
-        if vectors.shape == embeddings[reference].shape:
-            accuracy[name] = cosine_to(embeddings[reference], vectors)
+        if vectors.shape == embeddings[baseline].shape:
+            accuracy[name] = cosine_to(embeddings[baseline], vectors)
         else:
             accuracy[name] = {
-                "error": f"{vectors.shape[1]} dimensions, reference {reference} has "
-                f"{embeddings[reference].shape[1]}: not the same model"
+                "error": f"{vectors.shape[1]} dimensions, reference {baseline} has "
+                f"{embeddings[baseline].shape[1]}: not the same model"
             }
     return {
         "model": str(path),
@@ -152,7 +153,7 @@ def run_peers(
         "torch_threads": torch.get_num_threads(),
         "pooling": "mean, L2-normalised",
         "timing": "passes over all texts, round-robin; throughput from the median pass",
-        "reference": reference,
+        "reference": baseline,
         "accuracy": accuracy,
         "runs": rows,
         "excluded": [{"name": name, "reason": onnx_peers_excluded()} for name in ONNX_PEERS],

@@ -42,7 +42,7 @@ def truncation_expected() -> Iterator[None]:
         yield
 
 
-def cosine_to(reference: np.ndarray, vectors: np.ndarray) -> dict[str, float]:
+def cosine_to(expected: np.ndarray, vectors: np.ndarray) -> dict[str, float]:
     """Per-text cosine of two sets of unit vectors (mean and worst)."""
-    cos = np.sum(reference.astype(np.float64) * vectors.astype(np.float64), axis=1)
+    cos = np.sum(expected.astype(np.float64) * vectors.astype(np.float64), axis=1)
     return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}

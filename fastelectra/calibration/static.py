@@ -1,6 +1,6 @@
 """Static INT8: QDQ quantisation of the fused graph with ranges calibrated on text.
 
-QDQ, not QOperator: QOperator on the fused graph fails inside onnxruntime (FINDINGS.md). The
+QDQ, not QOperator: QOperator on the fused graph fails inside onnxruntime. The
 calibration runs in bounded memory: onnxruntime's calibrator otherwise keeps every
 intermediate output of every batch (issue reports of 100+ GiB for BERT percentile
 calibration). `CalibStridedMinMax` (despite its name, honoured by every method) makes it

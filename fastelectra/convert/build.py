@@ -158,7 +158,7 @@ def build(
                 from fastelectra.convert.verify import recorded_runner
 
                 report = verify_model(
-                    recorded_runner(stage.reference),
+                    recorded_runner(stage.tensorflow_outputs),
                     model_path,
                     staging / TOKENIZER_FILE,
                     precision,
@@ -200,7 +200,7 @@ def build(
 
 
 def verify_model(
-    reference: Any,
+    tensorflow: Any,
     model_path: Path,
     tokenizer_path: Path,
     precision: str,
@@ -209,10 +209,10 @@ def verify_model(
     max_length: int = 512,
     bar: TextIO | None = None,
 ) -> dict[str, Any]:
-    """Compare the model at `model_path` with `reference` (a `verify.Runner`: TensorFlow live,
+    """Compare the model at `model_path` with `tensorflow` (a `verify.Runner`: TensorFlow live,
     or its recorded outputs) on `texts`; a progress bar on `bar` if it is a terminal."""
     from fastelectra.convert.console import text_bar
-    from fastelectra.convert.verify import onnx_runner, record_reference, recorded_runner, verify
+    from fastelectra.convert.verify import onnx_runner, record_outputs, recorded_runner, verify
     from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
     encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), texts, max_length)
@@ -221,12 +221,10 @@ def verify_model(
         if fp32_model is not None:
             # The FP32 model's outputs first, its session gone before the candidate's loads:
             # the two never hold their weights at the same time.
-            fp32 = recorded_runner(
-                record_reference(onnx_runner(fp32_model), encodings, Path(folder))
-            )
+            fp32 = recorded_runner(record_outputs(onnx_runner(fp32_model), encodings, Path(folder)))
         with text_bar(len(encodings), "verifying", bar) as advance:
             return verify(
-                reference,
+                tensorflow,
                 onnx_runner(model_path),
                 encodings,
                 precision,

@@ -114,7 +114,7 @@ def tune_int8(
     from fastelectra.convert.verify import (
         THRESHOLDS,
         onnx_runner,
-        record_reference,
+        record_outputs,
         recorded_runner,
         verify,
     )
@@ -129,10 +129,10 @@ def tune_int8(
         quantizer.activation_rounding(),
     )
     check = spread_sample(encodings, CHECK_TEXTS, key=lambda e: len(e.ids))
-    with tempfile.TemporaryDirectory(prefix=".fp32-reference-", dir=fused.parent) as folder:
+    with tempfile.TemporaryDirectory(prefix=".fp32-outputs-", dir=fused.parent) as folder:
         # The FP32 outputs once, its session gone before the first candidate is quantised:
         # otherwise its weights stay resident beside each quantisation's own copy.
-        record_reference(onnx_runner(fused), check, Path(folder))
+        record_outputs(onnx_runner(fused), check, Path(folder))
 
         def evaluate() -> dict[str, Any]:
             return verify(

@@ -2,8 +2,8 @@
 
 Plain tf2onnx freezes the function with every weight inlined into the GraphDef, runs grappler,
 then deep-copies the graph before each of its ~49 optimizer passes: 13-16 GiB for BERT-base,
-killed at 23 GiB for ELECTRA-large here (see FINDINGS.md). The hollow route keeps weight bytes
-out of everything tf2onnx touches:
+killed at 23 GiB for ELECTRA-large here (README.md, "How it works", has the hollow route's
+figures). The hollow route keeps weight bytes out of everything tf2onnx touches:
 
 1. freeze with TF's own variables-to-constants machinery, but hand it zero-stride stand-ins
    for the large variables, so the GraphDef holds their shape and dtype and no bytes;

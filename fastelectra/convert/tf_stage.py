@@ -1,4 +1,4 @@
-"""The TensorFlow half of a build, run in a child process: load, export, reference outputs.
+"""The TensorFlow half of a build, run in a child process: load, export, record outputs.
 
 TensorFlow holds the module's weights (1.3 GB for ELECTRA-large) from the moment it loads
 it, and a process that imported it keeps its allocations and thread pools; onnxruntime then
@@ -26,7 +26,7 @@ from typing import Any
 from fastelectra.bundle import TOKENIZER_FILE, Dimensions
 from fastelectra.errors import ToolError
 
-REFERENCE_DIR = "tensorflow-reference"
+TENSORFLOW_OUTPUTS_DIR = "tensorflow-outputs"
 EXPORTED_FILE = "exported.onnx"
 
 
@@ -40,7 +40,7 @@ class TensorFlowStage:
     exported: Path  # the ONNX export (weights in `exported.onnx.data`)
     export_route: str
     tokenizer: Path  # tokenizer.json built from the module's vocab_file and do_lower_case
-    reference: Path  # TensorFlow's outputs on the verification texts (`record_reference`)
+    tensorflow_outputs: Path  # TensorFlow's outputs on the verification texts (`record_outputs`)
     timings: dict[str, float] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)  # per step, as `steps.Steps` keeps it
     peak_rss_mb: float = 0.0  # the child process's own peak
@@ -121,7 +121,7 @@ def tensorflow_stage(
     from fastelectra.convert.steps import Steps
     from fastelectra.convert.tf_export import export_onnx
     from fastelectra.convert.tokenizer import build_tokenizer
-    from fastelectra.convert.verify import record_reference, tensorflow_runner
+    from fastelectra.convert.verify import record_outputs, tensorflow_runner
     from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
     say = say or (lambda _message: None)
@@ -137,11 +137,13 @@ def tensorflow_stage(
     with step("export", f"exporting to ONNX (tf2onnx, {route} route)"):
         exported = export_onnx(src, work / EXPORTED_FILE, route=route)
     message = f"running TensorFlow on {len(texts)} verification texts"
-    with step("tensorflow_reference", message):
+    with step("tensorflow_reference", message):  # the step's name is a key in meta.json
         tokenizer = work / TOKENIZER_FILE
         build_tokenizer(src.vocab_file, src.do_lower_case).save(str(tokenizer))
         encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer), texts, dims.max_positions)
-        reference = record_reference(tensorflow_runner(src), encodings, work / REFERENCE_DIR)
+        tensorflow_outputs = record_outputs(
+            tensorflow_runner(src), encodings, work / TENSORFLOW_OUTPUTS_DIR
+        )
 
     return TensorFlowStage(
         dimensions=dims,
@@ -150,7 +152,7 @@ def tensorflow_stage(
         exported=exported.path,
         export_route=exported.route,
         tokenizer=tokenizer,
-        reference=reference,
+        tensorflow_outputs=tensorflow_outputs,
         timings=step.timings,
         memory=step.memory,
         peak_rss_mb=step.peak() or 0.0,

@@ -75,22 +75,23 @@ def pairwise_similarities(embeddings: np.ndarray) -> np.ndarray:
 
 
 class _Comparison:
-    """Figures of one candidate against one reference, accumulated over batches."""
+    """Figures of one candidate against the outputs expected of it, accumulated over batches."""
 
     def __init__(self) -> None:
         self.pooled = _Stats()
         self.sequence = _Stats()
         self.mean_pooled = _Stats()
-        self.ref_means: list[np.ndarray] = []
+        self.expected_means: list[np.ndarray] = []
         self.got_means: list[np.ndarray] = []
 
-    def update(self, ref: tuple[np.ndarray, np.ndarray], got, lengths: np.ndarray) -> None:
-        self.pooled.update(ref[0], got[0])
-        valid = np.arange(ref[1].shape[1])[None, :] < lengths[:, None]
-        self.sequence.update(ref[1][valid], got[1][valid])
-        ref_mean, got_mean = masked_mean(ref[1], lengths), masked_mean(got[1], lengths)
-        self.mean_pooled.update(ref_mean, got_mean)
-        self.ref_means.append(ref_mean)
+    def update(self, expected: tuple[np.ndarray, np.ndarray], got, lengths: np.ndarray) -> None:
+        self.pooled.update(expected[0], got[0])
+        valid = np.arange(expected[1].shape[1])[None, :] < lengths[:, None]
+        self.sequence.update(expected[1][valid], got[1][valid])
+        expected_mean = masked_mean(expected[1], lengths)
+        got_mean = masked_mean(got[1], lengths)
+        self.mean_pooled.update(expected_mean, got_mean)
+        self.expected_means.append(expected_mean)
         self.got_means.append(got_mean)
 
     def summary(self) -> dict[str, Any]:
@@ -99,9 +100,9 @@ class _Comparison:
             "sequence_output": self.sequence.summary(),
             "mean_pooled_sequence": self.mean_pooled.summary(),
         }
-        ref, got = np.concatenate(self.ref_means), np.concatenate(self.got_means)
-        if len(ref) > 2:
-            out["spearman"] = spearman(pairwise_similarities(ref), pairwise_similarities(got))
+        expected, got = np.concatenate(self.expected_means), np.concatenate(self.got_means)
+        if len(expected) > 2:
+            out["spearman"] = spearman(pairwise_similarities(expected), pairwise_similarities(got))
         return out
 
 
@@ -125,23 +126,24 @@ def tensorflow_runner(source: Any) -> Runner:
     return run
 
 
-def record_reference(
-    reference: Runner, encodings: Sequence[Any], folder: Path, batch_size: int = 8
+def record_outputs(
+    runner: Runner, encodings: Sequence[Any], folder: Path, batch_size: int = 8
 ) -> Path:
-    """Run `reference` over the batches `verify` will use and keep its outputs on disk.
+    """Run `runner` over the batches `verify` will use and keep its outputs on disk.
 
     A build computes TensorFlow's outputs in its TensorFlow stage and lets that process end
-    before onnxruntime loads a model: the two never hold their weights at the same time.
+    before onnxruntime loads a model: the two never hold their weights at the same time. The
+    INT8 search records the FP32 model's outputs once the same way.
     """
     folder.mkdir(parents=True, exist_ok=True)
     for number, (ids, mask, segments, _) in enumerate(batches(encodings, batch_size)):
-        pooled, sequence = reference(ids, mask, segments)
+        pooled, sequence = runner(ids, mask, segments)
         np.savez(folder / f"batch-{number:05d}.npz", ids=ids, pooled=pooled, sequence=sequence)
     return folder
 
 
 def recorded_runner(folder: Path) -> Runner:
-    """Replays `record_reference`'s outputs, batch by batch, checking each batch's token ids."""
+    """Replays `record_outputs`'s outputs, batch by batch, checking each batch's token ids."""
     files = iter(sorted(folder.glob("batch-*.npz")))
 
     def run(ids, mask, segments):
@@ -176,7 +178,7 @@ def batches(encodings: Sequence[Any], batch_size: int) -> Iterable[tuple[np.ndar
 
 
 def verify(
-    reference: Runner,
+    expected: Runner,
     candidate: Runner,
     encodings: Sequence[Any],
     precision: str,
@@ -184,13 +186,18 @@ def verify(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Compare `candidate` with the TensorFlow `reference` (and with the FP32 model if given)."""
+    """Compare `candidate` with `expected` (and with the FP32 model if given).
+
+    `expected` is TensorFlow (live or recorded) in a build and in `fastelectra verify`, whose
+    reports say so (`"reference": "tensorflow"`); the INT8 search passes the FP32 model's
+    recorded outputs instead, and reads only the figures and the gate of the report.
+    """
     precision_named(precision)  # an unknown name fails before any model runs
     vs_tf, vs_fp32 = _Comparison(), _Comparison()
     truncated = sum(bool(e.truncated) for e in encodings)
     for ids, mask, segments, lengths in batches(encodings, batch_size):
         got = candidate(ids, mask, segments)
-        vs_tf.update(reference(ids, mask, segments), got, lengths)
+        vs_tf.update(expected(ids, mask, segments), got, lengths)
         if fp32 is not None:
             vs_fp32.update(fp32(ids, mask, segments), got, lengths)
         if progress:

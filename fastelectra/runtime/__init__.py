@@ -7,6 +7,6 @@
 """
 
 from fastelectra.bundle import BundleError
-from fastelectra.runtime.encoder import Encoder, EncoderOutput
+from fastelectra.runtime.encoder import Encoder, EncoderOutput, TruncationWarning
 
-__all__ = ["BundleError", "Encoder", "EncoderOutput"]
+__all__ = ["BundleError", "Encoder", "EncoderOutput", "TruncationWarning"]

@@ -1,4 +1,4 @@
-"""`fastelectra embed OUT`: texts in (one per line), embeddings out, in bounded memory.
+"""`fastelectra embed BUNDLE`: texts in (one per line), embeddings out, in bounded memory.
 
     fastelectra embed bundles/minilm --input corpus.txt --output corpus.npy --pooling mean
 
@@ -6,8 +6,9 @@ The input is read in chunks of `CHUNK_LINES` lines; each chunk is embedded and w
 the next is read, so memory stays bounded whatever the corpus size. Line i of the input (an
 empty line too: it embeds as an empty text, ``[CLS] [SEP]``) is row i of the output.
 
-A file output is written to a temporary file beside it and renamed into place at the end:
-an error or an interrupt leaves no half-written file, and an existing file untouched.
+A file output is written to a temporary file beside it and renamed into place at the end
+(`writers`): an error or an interrupt leaves no half-written file, and an existing file
+untouched. `--ray` hands the corpus to Ray Data instead (`fastelectra.scale.cli.embed_on_ray`).
 
 This module is imported by every `fastelectra` command (see `fastelectra.cli`), so it imports
 nothing heavy at module level; it never imports TensorFlow.
@@ -17,20 +18,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import json
-import os
-import re
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from fastelectra.cli import register_subcommand
-from fastelectra.errors import DependencyMissing, InputError
-from fastelectra.runtime.lines import read_line_chunks
+from fastelectra.errors import InputError, UsageError
+from fastelectra.runtime.lines import STDIO, read_line_chunks
+from fastelectra.runtime.writers import make_writer, open_output
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,17 +38,9 @@ if TYPE_CHECKING:
 CHUNK_LINES = 4096
 OUTPUT_FORMATS = (".npy", ".jsonl")
 PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
-STDIO = "-"
-# Matches the warning `Encoder._tokenize` gives for truncated texts, so that one summary
-# replaces one warning per chunk. tests/test_embed_cli.py checks the two stay in step.
-TRUNCATION_WARNING = re.compile(r"^(\d+) of \d+ texts were longer than max_length")
 
 
-class UsageError(InputError):
-    """Options that do not go together: reported like argparse's own errors (exit status 2)."""
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
+def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     import inspect
 
     from fastelectra.runtime.encoder import LONG_MODES, POOLINGS, Encoder
@@ -63,7 +51,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Embed texts, one per line, with a bundle. Line i of the input is row i of the output; "
         "an empty line embeds as an empty text."
     )
-    parser.add_argument("bundle", metavar="OUT", help="bundle directory (`fastelectra build -o`)")
+    parser.add_argument(
+        "bundle", metavar="BUNDLE", help="bundle directory (`fastelectra build -o`)"
+    )
     parser.add_argument(
         "-i",
         "--input",
@@ -147,20 +137,13 @@ def positive_int(value: str) -> int:
     return number
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        if args.ray:
-            return run_ray(args)
-        check_local_options(args)
-        return embed_lines(args)
-    except UsageError as e:
-        print(f"fastelectra embed: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        # The reader of stdout went away (`| head`): stop quietly, and point stdout at
-        # /dev/null so that the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+def run_embed(args: argparse.Namespace) -> int:
+    if args.ray:
+        from fastelectra.scale.cli import embed_on_ray
+
+        return embed_on_ray(args)
+    check_local_options(args)
+    return embed_lines(args)
 
 
 def check_local_options(args: argparse.Namespace) -> None:
@@ -181,14 +164,15 @@ def check_local_options(args: argparse.Namespace) -> None:
 
 
 def embed_lines(args: argparse.Namespace) -> int:
-    from fastelectra.runtime.encoder import Encoder
+    from fastelectra.runtime.encoder import Encoder, TruncationWarning
 
     input_name = "<stdin>" if args.input == STDIO else args.input
-    with open_input(args.input) as source, open_output(args.output) as sink:
+    output = None if args.output == STDIO else args.output  # None: stdout
+    with open_input(args.input) as source, open_output(output) as sink:
         encoder = Encoder.load(
             args.bundle, providers=args.providers, threads=args.threads, max_length=args.max_length
         )
-        writer = make_writer(args.output, sink, encoder.hidden, args.include_text)
+        writer = make_writer(output, sink, encoder.hidden, args.include_text)
         total = count_lines(args.input) if progress_wanted(args.quiet) else None
         with progress_bar(total, args.quiet) as bar:
             truncated = 0
@@ -204,10 +188,10 @@ def embed_lines(args: argparse.Namespace) -> int:
                     # Every chunk's truncation warning, even from the same line of code.
                     warnings.simplefilter("always", UserWarning)
                     vectors = embed_chunk(encoder, texts, start, input_name, args)
+                # One summary of the truncations replaces one warning per chunk.
                 for w in caught:
-                    match = TRUNCATION_WARNING.match(str(w.message))
-                    if match:
-                        truncated += int(match.group(1))
+                    if isinstance(w.message, TruncationWarning):
+                        truncated += w.message.count
                     else:
                         other_warnings.setdefault(str(w.message), w)
                 writer.write(start, texts, vectors)
@@ -292,124 +276,6 @@ def count_lines(path: str) -> int | None:
     return lines + (last != b"\n")  # a last line without a newline still counts
 
 
-# -- output --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def open_output(path: str | None) -> Iterator[BinaryIO]:
-    """stdout, or a temporary file beside `path` that becomes `path` only on success."""
-    if path is None or path == STDIO:
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-        return
-    target = Path(path)
-    try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".partial", dir=target.parent
-        )
-    except OSError as e:
-        raise OSError(f"{path}: cannot write output ({e.strerror})") from e
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w+b") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())  # the data is on disk before the name points at it
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else default_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-class NpyWriter:
-    """A float32 [rows, hidden] .npy file whose row count is known only at the end.
-
-    numpy pads the header so that the first axis may grow to 21 digits without changing the
-    header's length: write it for 0 rows, append rows, then rewrite it in place.
-    """
-
-    def __init__(self, stream: BinaryIO, hidden: int) -> None:
-        self.stream = stream
-        self.hidden = hidden
-        self.rows = 0
-        self.header_size = self._write_header(0)
-
-    def _write_header(self, rows: int) -> int:
-        import numpy as np
-        from numpy.lib import format as npy
-
-        start = self.stream.tell()
-        header = {
-            "descr": npy.dtype_to_descr(np.dtype("<f4")),
-            "fortran_order": False,
-            "shape": (rows, self.hidden),
-        }
-        npy.write_array_header_1_0(self.stream, header)
-        return self.stream.tell() - start
-
-    def write(self, start: int, texts: list[str], vectors: np.ndarray) -> None:
-        self.stream.write(vectors.astype("<f4", copy=False).tobytes())
-        self.rows += len(vectors)
-
-    def finish(self) -> int:
-        self.stream.seek(0)
-        if self._write_header(self.rows) != self.header_size:
-            raise RuntimeError(f"cannot write a .npy header for {self.rows} rows")
-        self.stream.seek(0, os.SEEK_END)
-        return self.rows
-
-
-# JSON leaves these unescaped, but str.splitlines() and other Unicode-aware line readers split
-# on them; escaped (they only occur inside strings), every record stays on one line for any
-# reader.
-UNICODE_LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
-
-
-class JsonlWriter:
-    """One ``{"index": i, ["text": ...,] "embedding": [...]}`` line per text, in UTF-8.
-
-    Floats are written as the shortest decimal of the float64 each float32 widens to, so
-    reading them back as float32 gives the exact vectors.
-    """
-
-    def __init__(self, stream: BinaryIO, include_text: bool = False) -> None:
-        self.stream = stream
-        self.include_text = include_text
-        self.rows = 0
-
-    def write(self, start: int, texts: list[str], vectors: np.ndarray) -> None:
-        lines = []
-        for i, (text, vector) in enumerate(zip(texts, vectors.tolist(), strict=True)):
-            record: dict[str, object] = {"index": start + i}
-            if self.include_text:
-                record["text"] = text
-            record["embedding"] = vector
-            lines.append(json.dumps(record, ensure_ascii=False))
-        text = "\n".join(lines) + "\n"
-        self.stream.write(text.translate(UNICODE_LINE_BREAKS).encode("utf-8"))
-        self.stream.flush()  # a reader of stdout sees each chunk as soon as it is done
-        self.rows += len(texts)
-
-    def finish(self) -> int:
-        return self.rows
-
-
-def make_writer(
-    path: str | None, stream: BinaryIO, hidden: int, include_text: bool
-) -> NpyWriter | JsonlWriter:
-    if path is not None and path != STDIO and Path(path).suffix.lower() == ".npy":
-        return NpyWriter(stream, hidden)
-    return JsonlWriter(stream, include_text)
-
-
 # -- progress ------------------------------------------------------------------------------
 
 
@@ -439,51 +305,3 @@ def progress_bar(total: int | None, quiet: bool) -> Iterator[Progress]:
         return
     with tqdm(total=total, unit="text", file=sys.stderr, dynamic_ncols=True) as bar:
         yield bar
-
-
-# -- Ray -----------------------------------------------------------------------------------
-
-
-RAY_MODULE = "fastelectra.scale.ray_data"
-# Options that `embed_corpus` has no parameter for, and their "not given" values.
-RAY_UNSUPPORTED = {
-    "--threads": ("threads", None),
-    "--providers": ("providers", None),
-    "--max-length": ("max_length", None),
-    "--long": ("long", None),
-    "--errors": ("errors", None),
-    "--include-text": ("include_text", False),
-}
-
-
-def run_ray(args: argparse.Namespace) -> int:
-    if args.input == STDIO:
-        raise UsageError("--ray reads a file: give --input FILE (Ray workers cannot share stdin)")
-    if args.output is None or Path(args.output).suffix.lower() != ".parquet":
-        raise UsageError("--ray writes Parquet: give --output FILE.parquet")
-    unsupported = [
-        flag for flag, (dest, unset) in RAY_UNSUPPORTED.items() if getattr(args, dest) != unset
-    ]
-    if unsupported:
-        raise UsageError(f"--ray does not support {', '.join(unsupported)}")
-    if not Path(args.input).exists():  # a file, or a directory of Parquet files
-        raise OSError(f"{args.input}: cannot read input (no such file or directory)")
-    try:
-        embed_corpus = importlib.import_module(RAY_MODULE).embed_corpus
-    except ModuleNotFoundError as e:
-        if e.name and RAY_MODULE.startswith(e.name):
-            raise DependencyMissing(f"--ray: this fastelectra has no {RAY_MODULE}") from e
-        raise DependencyMissing(f"--ray needs {e.name}: pip install 'ray[data]'") from e
-    options: dict[str, object] = {"pooling": args.pooling, "normalize": args.normalize}
-    # Batch size and replicas are throughput knobs: unless given, Ray mode keeps its own.
-    if args.batch_size is not None:
-        options["batch_size"] = args.batch_size
-    if args.replicas is not None:
-        options["replicas"] = args.replicas
-    rows = embed_corpus(str(args.bundle), str(args.input), str(args.output), **options)
-    if not args.quiet:
-        print(f"fastelectra embed: wrote {rows} embeddings to {args.output}", file=sys.stderr)
-    return 0
-
-
-register_subcommand("embed", "embed texts (one per line) with a bundle", configure, run)

@@ -43,6 +43,19 @@ CLIP_CHARS_PER_TOKEN = 16
 CLIP_MARGIN_TOKENS = 256
 
 
+class TruncationWarning(UserWarning):
+    """Texts were cut to `max_length` tokens; `count` of `texts` were (one warning per call).
+
+    A caller that embeds in parts (`fastelectra embed`, chunk by chunk) adds up the counts
+    instead of reading them out of the message.
+    """
+
+    def __init__(self, message: str, count: int, texts: int) -> None:
+        super().__init__(message)
+        self.count = count
+        self.texts = texts
+
+
 @dataclass(frozen=True)
 class EncoderOutput:
     """What `Encoder.encode` returns, row i for text i.
@@ -307,11 +320,13 @@ class Encoder:
                 " or, with embed(), long='chunk' to embed them in windows"
             )
         if cut:
-            warnings.warn(
+            message = (
                 f"{len(cut)} of {len(texts)} texts were longer than max_length="
                 f"{self.max_length} tokens and were truncated; embed(..., long='chunk') "
-                "embeds them whole in overlapping windows",
-                UserWarning,
+                "embeds them whole in overlapping windows"
+            )
+            warnings.warn(
+                TruncationWarning(message, count=len(cut), texts=len(texts)),
                 stacklevel=external_stacklevel(),
             )
         return encodings

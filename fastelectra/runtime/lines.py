@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     TextSource = str | Path | Traversable  # a file, or one shipped in the package
 
 UTF8_BOM = b"\xef\xbb\xbf"
+# A command line's name for standard input (or output): `embed --input -`.
+STDIO = "-"
 PAIR_SEPARATOR = "\t"
 
 Text = tuple[str, str | None]  # a text, or the two texts of a pair

@@ -6,4 +6,6 @@ needs neither Ray nor tritonclient:
 * `fastelectra.scale.ray_data`: `embed_corpus`, a corpus -> Parquet job over encoder actors.
 * `fastelectra.scale.ray_serve`: `build_app`, a Ray Serve deployment with request batching.
 * `fastelectra.scale.triton`: `export_triton`, a Triton model repository for a bundle.
+* `fastelectra.scale.cli`: the `export-triton` command, and `embed --ray`'s hand-over to
+  `embed_corpus`.
 """

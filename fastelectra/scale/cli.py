@@ -1,15 +1,33 @@
-"""`fastelectra export-triton BUNDLE REPO`: a Triton model repository for a bundle."""
+"""The scale package's command line: `fastelectra export-triton BUNDLE REPO` (a Triton model
+repository for a bundle) and `fastelectra embed --ray` (a corpus embedded by Ray Data).
+
+`embed --ray` is parsed by the embed command (`fastelectra.runtime.cli`), which hands its
+arguments here only when `--ray` is given; Ray and pyarrow load only then.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from fastelectra.cli import register_subcommand
+from fastelectra.errors import DependencyMissing, UsageError
+from fastelectra.runtime.lines import STDIO
 from fastelectra.scale.triton import KINDS, TritonOptions
 
+RAY_MODULE = "fastelectra.scale.ray_data"
+# embed options that `embed_corpus` has no parameter for, and their "not given" values.
+RAY_UNSUPPORTED = {
+    "--threads": ("threads", None),
+    "--providers": ("providers", None),
+    "--max-length": ("max_length", None),
+    "--long": ("long", None),
+    "--errors": ("errors", None),
+    "--include-text": ("include_text", False),
+}
 
-def configure(parser: argparse.ArgumentParser) -> None:
+
+def add_export_triton_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TritonOptions()
     parser.add_argument("bundle", help="the bundle directory")
     parser.add_argument("repo", help="the Triton model repository to write the model into")
@@ -54,7 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run_export_triton(args: argparse.Namespace) -> int:
     from fastelectra.scale.triton import export_triton
 
     options = TritonOptions(
@@ -71,6 +89,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-register_subcommand(
-    "export-triton", "write a Triton Inference Server model repository for a bundle", configure, run
-)
+def embed_on_ray(args: argparse.Namespace) -> int:
+    """`fastelectra embed BUNDLE --ray -i FILE -o FILE.parquet` (the embed command's arguments)."""
+    if args.input == STDIO:
+        raise UsageError("--ray reads a file: give --input FILE (Ray workers cannot share stdin)")
+    if args.output is None or Path(args.output).suffix.lower() != ".parquet":
+        raise UsageError("--ray writes Parquet: give --output FILE.parquet")
+    unsupported = [
+        flag for flag, (dest, unset) in RAY_UNSUPPORTED.items() if getattr(args, dest) != unset
+    ]
+    if unsupported:
+        raise UsageError(f"--ray does not support {', '.join(unsupported)}")
+    if not Path(args.input).exists():  # a file, or a directory of Parquet files
+        raise OSError(f"{args.input}: cannot read input (no such file or directory)")
+    try:
+        from fastelectra.scale.ray_data import embed_corpus
+    except ModuleNotFoundError as e:
+        if e.name and RAY_MODULE.startswith(e.name):
+            raise DependencyMissing(f"--ray: this fastelectra has no {RAY_MODULE}") from e
+        raise DependencyMissing(f"--ray needs {e.name}: pip install 'ray[data]'") from e
+    options: dict[str, object] = {"pooling": args.pooling, "normalize": args.normalize}
+    # Batch size and replicas are throughput knobs: unless given, Ray mode keeps its own.
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    if args.replicas is not None:
+        options["replicas"] = args.replicas
+    rows = embed_corpus(str(args.bundle), str(args.input), str(args.output), **options)
+    if not args.quiet:
+        print(f"fastelectra embed: wrote {rows} embeddings to {args.output}", file=sys.stderr)
+    return 0

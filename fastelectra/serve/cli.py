@@ -15,13 +15,11 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from fastelectra.cli import register_subcommand
-
 API_KEY_ENV = "FASTELECTRA_API_KEY"
 log = logging.getLogger("fastelectra.serve")
 
 
-def configure(p: argparse.ArgumentParser) -> None:
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     from fastelectra.serve.config import DEFAULT_POOLING, Limits
 
     defaults = Limits()
@@ -77,7 +75,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access-log", action="store_true", help="log every request (slows serving)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fastelectra.bundle import load_bundle
@@ -160,8 +158,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-register_subcommand(
-    "serve", "serve a bundle over HTTP (OpenAI and TEI embedding APIs)", configure, run
-)
