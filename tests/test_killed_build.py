@@ -151,7 +151,8 @@ def _wait_for_export(build: subprocess.Popen, out: Path, timeout_s: float = 300)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for work in out.parent.glob(f".{out.name}.work-*"):
-            if any(work.iterdir()):
+            # Not build.log, there from the start: a file the exporter (the child) wrote.
+            if any(work.glob("exported.onnx*")):
                 return work
         if build.poll() is not None:
             pytest.fail(f"the build ended (exit {build.returncode}) before its export")
