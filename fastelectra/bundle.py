@@ -82,6 +82,9 @@ class BundleMeta:
     fused_ops: dict[str, int] = field(default_factory=dict)
     # Graph rewrites before / after fusion: name -> {"count": n, "required": r}.
     rewrites: dict[str, dict[str, int]] = field(default_factory=dict)
+    # `--precision auto`: the candidates' gates and latencies, the CPU they were timed on, the
+    # choice (empty for a bundle built at one precision).
+    auto: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     # How the build went: seconds per step, and the process's memory (MiB) per step and overall:

@@ -36,7 +36,18 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("source", help="SavedModel dir, .tar.gz module, TF Hub handle, or a preset name")
     p.add_argument("-o", "--out", required=True, help="bundle directory to write")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=(*PRECISIONS, "auto"),
+        help="auto: build fp32 and int8-dynamic, time both here, keep the fastest that passes",
+    )
+    p.add_argument(
+        "--target-shape",
+        action="append",
+        metavar="BATCHxSEQ",
+        help="with --precision auto: a shape to time at (repeatable; default 1x16 and 1x128)",
+    )
     p.add_argument("--verify-texts", help="texts to verify on: one per line, TAB between a pair")
     p.add_argument("--calibration-texts", help="texts for int8-static calibration (one per line)")
     p.add_argument(
@@ -79,10 +90,7 @@ def _run_build(args: argparse.Namespace) -> int:
     from fastelectra.convert.build import build
     from fastelectra.convert.resolve import resolve_source
 
-    build(
-        resolve_source(args.source),
-        args.out,
-        precision=args.precision,
+    options = dict(
         verify_texts=args.verify_texts,
         calibration_texts=args.calibration_texts,
         calibration_method=args.calibration_method,
@@ -91,7 +99,41 @@ def _run_build(args: argparse.Namespace) -> int:
         int8_search=args.int8_search,
         verbose=args.verbose,
     )
+    if args.precision == "auto":
+        from fastelectra.convert.auto import DEFAULT_SHAPES, build_auto, parse_shape
+
+        shapes = [parse_shape(s) for s in args.target_shape] if args.target_shape else None
+        bundle = build_auto(
+            resolve_source(args.source), args.out, shapes or DEFAULT_SHAPES, **options
+        )
+        print(_auto_summary(bundle.meta.auto), file=sys.stderr)
+        return 0
+    if args.target_shape:
+        raise UsageError("--target-shape is for --precision auto")
+    build(resolve_source(args.source), args.out, precision=args.precision, **options)
     return 0
+
+
+def _auto_summary(record: dict) -> str:
+    """`--precision auto`'s choice and the figures behind it, for the terminal and `info`."""
+    from fastelectra.cpu import isa_missing_here
+
+    lines = [
+        f"auto        chose {record['chosen']} on {record['cpu'].get('model', '?')} "
+        f"({', '.join(record['cpu'].get('isa', []))})"
+    ]
+    for name, figures in record["candidates"].items():
+        if figures.get("passed"):
+            times = ", ".join(f"{shape} {ms:.2f} ms" for shape, ms in figures["p50_ms"].items())
+            lines.append(f"            {name}: p50 {times}")
+        else:
+            lines.append(f"            {name}: failed its gate ({'; '.join(figures['failures'])})")
+    missing = isa_missing_here(record.get("cpu"))
+    if missing:
+        lines.append(
+            f"            this CPU lacks {', '.join(missing)}: the choice may not hold here"
+        )
+    return "\n".join(lines)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -136,6 +178,8 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"fused ops   {meta.fused_ops}")
     if meta.quantization:
         print(f"quantized   {meta.quantization}")
+    if meta.auto:
+        print(_auto_summary(meta.auto))
     print(f"files       {', '.join(sorted(meta.files))}")
     print(f"versions    {meta.tool_versions}")
     if bundle.verification:

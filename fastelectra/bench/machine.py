@@ -19,7 +19,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from fastelectra.cpu import ISA_FEATURES, cpuinfo, cpuinfo_fields, isa_features
 from fastelectra.runtime.providers import available_cores
+
+__all__ = ["ISA_FEATURES", "cpuinfo", "isa_features"]  # also read from here by the bench
 
 # CPU flags that decide which matrix-multiply kernels onnxruntime, OpenBLAS and TF can use.
 RELEVANT_FLAGS = (
@@ -37,19 +40,6 @@ RELEVANT_FLAGS = (
     "amx_int8",
     "amx_tile",
 )
-# The instruction sets that decide the kernels, under the names the results give them: which
-# /proc/cpuinfo flags show each (any one of them suffices).
-ISA_FEATURES = {
-    "AVX2": ("avx2",),
-    "AVX-512": ("avx512f",),
-    "AVX512-VNNI": ("avx512_vnni",),
-    "AVX-VNNI": ("avx_vnni",),
-    "AVX512-BF16": ("avx512_bf16",),
-    "AVX512-FP16": ("avx512_fp16",),
-    "AMX": ("amx_tile",),
-    "AMX-INT8": ("amx_int8",),
-    "AMX-BF16": ("amx_bf16",),
-}
 # The widest tier first: the folder names the best matrix path the CPU offers.
 ISA_TIERS = (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"))
 # Words of the model name that say the CPU family, in the order they are looked for.
@@ -73,39 +63,9 @@ LIBRARIES = (
 )
 
 
-def cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
-    """(model name, flags) of the first CPU listed; ("", set()) where there is no cpuinfo."""
-    model, _, flags = _cpuinfo_fields(path)
-    return model, flags
-
-
-def _cpuinfo_fields(path: Path) -> tuple[str, str, set[str]]:
-    """(model name, vendor id, flags) of the first CPU listed."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return platform.processor(), "", set()
-    model, vendor, flags = "", "", set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key == "vendor_id" and not vendor:
-            vendor = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return model, vendor, flags
-
-
-def isa_features(flags: set[str]) -> dict[str, bool]:
-    """Each of `ISA_FEATURES` by name: whether the CPU exposes it."""
-    return {name: any(f in flags for f in shown_by) for name, shown_by in ISA_FEATURES.items()}
-
-
 def cpu_kind(path: Path = Path("/proc/cpuinfo")) -> str:
     """``<family>-<widest ISA tier>``, e.g. ``xeon-avx512``: what results are filed under."""
-    model, vendor, flags = _cpuinfo_fields(path)
+    model, vendor, flags = cpuinfo_fields(path)
     words = model.lower().replace("(r)", " ").replace("(tm)", " ").split()
     family = next((f for f in CPU_FAMILIES if f in words), None)
     family = family or VENDORS.get(vendor) or platform.machine().lower() or "cpu"

@@ -130,6 +130,7 @@ class Encoder:
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle)
         meta = bundle.meta
+        warn_if_chosen_on_another_cpu(bundle)
         max_length = check_max_length(max_length, meta.max_sequence_length)
         plan = plan_for_bundle(bundle, providers, threads, max_length=max_length)
         session = EncoderSession(
@@ -422,4 +423,20 @@ def check_choice(name: str, value: object, allowed: Sequence[str], hint: str = "
         options = ", ".join(repr(a) for a in allowed)
         raise InputError(
             f"{name} must be one of {options}, got {value!r}" + (f"; {hint}" if hint else "")
+        )
+
+
+def warn_if_chosen_on_another_cpu(bundle: Bundle) -> None:
+    """A `--precision auto` bundle running on a CPU without an instruction set its choice was
+    timed with: say so (once per bundle, as warnings go)."""
+    from fastelectra.cpu import isa_missing_here
+
+    missing = isa_missing_here(bundle.meta.auto.get("cpu"))
+    if missing:
+        warnings.warn(
+            f"{bundle.path}: its precision ({bundle.meta.auto.get('chosen')}) was chosen by "
+            f"timing on a CPU with {', '.join(missing)}, which this CPU lacks; it may not be "
+            "the fastest here (rebuild with --precision auto on this machine)",
+            RuntimeWarning,
+            stacklevel=3,
         )
