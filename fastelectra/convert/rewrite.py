@@ -67,13 +67,14 @@ class Rewrite:
         self.layers: set[int] = set()  # layers where the construct was found fusable
 
     @property
-    def required(self) -> int:
-        return self.dims.layers
+    def per_layer(self) -> int:
+        """How many of the construct each layer holds."""
+        return 1
 
     @property
-    def per_layer(self) -> int:
-        """How many of the construct each layer holds (when `required` counts per layer)."""
-        return 1
+    def required(self) -> int:
+        """The count `apply` must reach: `per_layer` in every layer, unless overridden."""
+        return self.dims.layers * self.per_layer
 
     def apply(self) -> int:
         raise NotImplementedError
@@ -277,10 +278,6 @@ class AttentionEinsumLetters(Rewrite):
     def per_layer(self) -> int:
         return 2
 
-    @property
-    def required(self) -> int:
-        return 2 * self.dims.layers
-
     def apply(self) -> int:
         wanted = {canonical_letters(e): e for e in (QK_EQUATION, CONTEXT_EQUATION)}
         for einsum in self.model.get_nodes_by_op_type("Einsum"):
@@ -481,10 +478,6 @@ class ResidualOrder(Rewrite):
     @property
     def per_layer(self) -> int:
         return 2
-
-    @property
-    def required(self) -> int:
-        return 2 * self.dims.layers
 
     def apply(self) -> int:
         producers = self.model.output_name_to_node()
