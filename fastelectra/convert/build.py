@@ -128,9 +128,9 @@ def build(
         with step("fuse", "fusing into onnxruntime transformer kernels"):
             from fastelectra.convert.fuse import fuse
 
-            # The FP32 graph is the bundle's model at fp32; otherwise only the next step's input.
-            external = converted
-            fusion = fuse(stage.exported, work / "fused.onnx", dims, external_data=external)
+            # The FP32 graph is the bundle's model at fp32; otherwise only the next step's input,
+            # its weights kept apart so that step does not parse them twice.
+            fusion = fuse(stage.exported, work / "fused.onnx", dims, external_data=converted)
         say(f"  fused ops: {fusion.counts}")
         with staged_directory(out) as staging:
             shutil.copyfile(stage.tokenizer, staging / TOKENIZER_FILE)
