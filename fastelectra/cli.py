@@ -218,7 +218,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     ),
     Subcommand(
         "reference",
-        "build (or find cached) a reference module",
+        "build (or find cached) the module of a preset",
         _add_reference_arguments,
         _run_reference,
     ),
