@@ -1,4 +1,4 @@
-"""Shared fixtures: reference modules (cached across runs) and bundles (built once per session)."""
+"""Shared fixtures: preset modules (cached across runs) and bundles (built once per session)."""
 
 from __future__ import annotations
 

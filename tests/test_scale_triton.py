@@ -31,7 +31,7 @@ from fastelectra.runtime.tokenizer import WordPieceTokenizer, pad_batch
 from fastelectra.scale import triton
 from fastelectra.scale.triton import TritonOptions, export_triton
 
-HIDDEN = 64  # the tiny reference module's hidden size
+HIDDEN = 64  # the tiny preset's hidden size
 MAX_LENGTH = 512  # and its max_sequence_length
 
 
