@@ -11,12 +11,13 @@ repeated passes is the figure, since a floor must be the best the machine showed
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fastelectra.bench.floor import fastest_run
 
 MIN_BUFFER_BYTES = 1 << 30
 LLC_MULTIPLE = 4  # the buffer is at least this many last-level caches
@@ -52,12 +53,6 @@ def measure_bandwidth(threads: int, seconds: float, size: int = MIN_BUFFER_BYTES
         def one_pass() -> None:
             list(pool.map(np.max, slices))
 
-        one_pass()  # threads started, pages touched
-        best = float("inf")
-        passes, started = 0, time.perf_counter()
-        while passes < MIN_PASSES or time.perf_counter() - started < seconds:
-            t0 = time.perf_counter()
-            one_pass()
-            best = min(best, time.perf_counter() - t0)
-            passes += 1
+        # The untimed first pass starts the threads and touches the pages.
+        best = fastest_run(one_pass, seconds, MIN_PASSES)
     return Bandwidth(threads, data.nbytes, data.nbytes / best)

@@ -119,17 +119,23 @@ class GemmRates:
         }
 
 
-def best_rate(run: Callable[[], object], flop: float, seconds: float) -> float:
-    """FLOP/s of the fastest of repeated runs (after one untimed), for about `seconds`."""
+def fastest_run(run: Callable[[], object], seconds: float, min_runs: int = MIN_REPEATS) -> float:
+    """Seconds of the fastest of repeated runs (after one untimed), for about `seconds`: a
+    floor is the best the machine showed."""
     run()
     best = float("inf")
     repeats, started = 0, time.perf_counter()
-    while repeats < MIN_REPEATS or time.perf_counter() - started < seconds:
+    while repeats < min_runs or time.perf_counter() - started < seconds:
         t0 = time.perf_counter()
         run()
         best = min(best, time.perf_counter() - t0)
         repeats += 1
-    return flop / best
+    return best
+
+
+def best_rate(run: Callable[[], object], flop: float, seconds: float) -> float:
+    """FLOP/s of the fastest of repeated runs (see `fastest_run`)."""
+    return flop / fastest_run(run, seconds)
 
 
 def measure_numpy_fp32(threads: int, seconds: float, shape=GEMM_SHAPE) -> float:
