@@ -29,6 +29,7 @@ from fastelectra.bundle import (
     staged_directory,
     write_json_atomic,
 )
+from fastelectra.cpu import this_cpu
 from fastelectra.errors import InputError
 from fastelectra.workdirs import remove_abandoned, scratch_directory
 
@@ -68,7 +69,7 @@ def build_auto(
     if build_options.pop("force", False):
         raise InputError("--precision auto keeps only candidates that pass their gate (no --force)")
     out = Path(out)
-    max_positions = None
+    max_positions = 0
     figures: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}
     remove_abandoned(out)
@@ -88,8 +89,9 @@ def build_auto(
                     "failures": [f"{p}: {f['failures']}" for p, f in figures.items()],
                 }
             )
+        # Shapes past the model's positions cannot run; every candidate has the source's.
+        shapes = [s for s in target_shapes if s[1] <= max_positions]
         for precision, result in results.items():
-            shapes = [s for s in target_shapes if s[1] <= (max_positions or s[1])]
             figures[precision] = {
                 "passed": True,
                 "p50_ms": time_bundle(result.out, shapes, threads),
@@ -98,7 +100,7 @@ def build_auto(
         record = {
             "chosen": chosen,
             "target_shapes": [f"{b}x{s}" for b, s in target_shapes],
-            "cpu": _this_cpu(),
+            "cpu": this_cpu(),
             "threads": threads,
             "candidates": figures,
         }
@@ -135,12 +137,6 @@ def time_bundle(
 def _geometric_mean(values: Any) -> float:
     values = list(values)
     return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
-def _this_cpu() -> dict[str, Any]:
-    from fastelectra.cpu import this_cpu
-
-    return this_cpu()
 
 
 def _install(candidate: Path, out: Path, record: dict[str, Any]) -> None:
