@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from fastelectra.bench.cli import add_bench_arguments, run_bench
 from fastelectra.errors import FastElectraError, UsageError
+from fastelectra.precisions import INT8_SMOOTHING_ALPHA
 from fastelectra.runtime.cli import add_embed_arguments, run_embed
 from fastelectra.scale.cli import add_export_triton_arguments, run_export_triton
 from fastelectra.serve.cli import add_serve_arguments, run_serve
@@ -67,6 +68,26 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="int8: quantise every MatMul/Attention instead of searching which must stay FP32",
     )
+    p.add_argument(
+        "--int8-smoothing",
+        type=_smoothing_alpha,
+        default=INT8_SMOOTHING_ALPHA,
+        metavar="ALPHA|off",
+        help="int8: SmoothQuant migration strength, activation outliers moved into the weights "
+        f"before quantising (default {INT8_SMOOTHING_ALPHA}; off: quantise the fused graph as it is)",
+    )
+
+
+def _smoothing_alpha(text: str) -> float | None:
+    if text == "off":
+        return None
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'off', got {text!r}")
+    return alpha
 
 
 def _add_verify_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,6 +118,7 @@ def _run_build(args: argparse.Namespace) -> int:
         force=args.force,
         route=args.route,
         int8_search=args.int8_search,
+        int8_smoothing=args.int8_smoothing,
         verbose=args.verbose,
     )
     if args.precision == "auto":

@@ -120,6 +120,10 @@ INT8_STATIC = Precision(
     int8_weight_products=True,
 )
 
+# SmoothQuant's migration strength for both INT8 precisions (`fastelectra.convert.smoothing`):
+# here, not there, because the CLI's default reads it without importing the converters.
+INT8_SMOOTHING_ALPHA = 0.5
+
 TABLE: tuple[Precision, ...] = (FP32, FP16, INT8_DYNAMIC, INT8_STATIC)
 BY_NAME: Mapping[str, Precision] = {p.name: p for p in TABLE}
 PRECISIONS: tuple[str, ...] = tuple(BY_NAME)

@@ -31,7 +31,7 @@ from fastelectra.bundle import (
 from fastelectra.convert.console import captured_output, printer
 from fastelectra.convert.steps import Steps, mb
 from fastelectra.errors import FastElectraError
-from fastelectra.precisions import FP32, precision_named
+from fastelectra.precisions import FP32, INT8_SMOOTHING_ALPHA, precision_named
 from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_directory
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def build(
     route: str = "hollow",
     progress: Progress | None = _stderr_progress,
     int8_search: bool = True,
+    int8_smoothing: float | None = INT8_SMOOTHING_ALPHA,
     verbose: bool = False,
 ) -> BuildResult:
     """Convert `source` into a verified bundle at `out` (see the module docstring).
@@ -152,6 +153,7 @@ def build(
                         calibration_method=calibration_method,
                         max_length=dims.max_positions,
                         int8_search=int8_search,
+                        smoothing=int8_smoothing,
                         progress=say,
                     )
             with step("verify", "verifying against TensorFlow's recorded outputs"):

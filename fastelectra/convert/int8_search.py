@@ -24,7 +24,7 @@ costing 0.017 of it. Keeping *those* nodes FP32 keeps most of the speed.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,14 +104,30 @@ def node_sensitivity(
     `rounding(tensor_name, x)` is how the quantiser will round that input; the default is
     dynamic quantisation's.
     """
-    import onnxruntime as ort
-
     if rounding is None:
         rounding = lambda _name, x: fake_quant_activation(x)  # noqa: E731
+    nodes = quantizable_nodes(onnx.load(str(model_path), load_external_data=False), op_types)
+    errors: dict[str, list[float]] = {n.name: [] for n in nodes}
+    for values in captured_inputs(model_path, feeds, nodes):
+        for node in nodes:
+            x = values[node.input[0]]
+            errors[node.name].append(
+                float(np.linalg.norm(rounding(node.input[0], x) - x) / (np.linalg.norm(x) or 1.0))
+            )
+    ranked = [(name, float(np.mean(errs))) for name, errs in errors.items()]
+    return sorted(ranked, key=lambda item: -item[1])
+
+
+def captured_inputs(
+    model_path: Path, feeds: Sequence[dict[str, np.ndarray]], nodes: Sequence[onnx.NodeProto]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Per feed, each of `nodes`' input 0 as the FP32 model computes it, as rows of features
+    (``[tokens, features]``)."""
+    import onnxruntime as ort
+
     # The graph alone, with the inputs to capture as extra outputs, saved beside the original
     # so that its external weights (if any) resolve without being loaded into Python.
     model = onnx.load(str(model_path), load_external_data=False)
-    nodes = quantizable_nodes(model, op_types)
     captured = list(dict.fromkeys(n.input[0] for n in nodes))
     known_outputs = {o.name for o in model.graph.output}
     for name in captured:
@@ -121,16 +137,9 @@ def node_sensitivity(
         onnx.save(model, probe.name)
         del model
         session = ort.InferenceSession(probe.name, providers=["CPUExecutionProvider"])
-    errors: dict[str, list[float]] = {n.name: [] for n in nodes}
     for feed in feeds:
-        values = dict(zip(captured, session.run(captured, feed), strict=True))
-        for node in nodes:
-            x = values[node.input[0]].reshape(-1, values[node.input[0]].shape[-1])
-            errors[node.name].append(
-                float(np.linalg.norm(rounding(node.input[0], x) - x) / (np.linalg.norm(x) or 1.0))
-            )
-    ranked = [(name, float(np.mean(errs))) for name, errs in errors.items()]
-    return sorted(ranked, key=lambda item: -item[1])
+        outputs = session.run(captured, feed)
+        yield {name: x.reshape(-1, x.shape[-1]) for name, x in zip(captured, outputs, strict=True)}
 
 
 def tightened(thresholds: dict[str, Any], margin: float = MARGIN) -> dict[str, Any]:

@@ -43,27 +43,91 @@ def convert_precision(
     calibration_method: str,
     max_length: int,
     int8_search: bool = True,
+    smoothing: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the `precision` variant of `fused` to `dst`; returns what goes into metadata.
 
     INT8 variants keep the nodes FP32 that `int8_search` finds they must (see
     `fastelectra.convert.int8_search`); `int8_search=False` quantises every MatMul and
-    Attention (for speed work on random weights, whose accuracy means nothing).
+    Attention (for speed work on random weights, whose accuracy means nothing). `smoothing`
+    (SmoothQuant's alpha, `fastelectra.convert.smoothing`) evens out activation outliers
+    first; None quantises the fused graph as it is.
     """
     conversion = precision_named(precision).conversion
     if conversion == "float16":
         return to_fp16(fused, dst)
     if conversion not in ("quantize-dynamic", "quantize-static"):
         raise InputError(f"no conversion for precision {precision!r}")
+    with tempfile.TemporaryDirectory(prefix=".smoothed-", dir=fused.parent) as folder:
+        smoothed: dict[str, Any] | None = None
+        source = fused
+        if smoothing is not None:
+            source = Path(folder) / "smoothed.onnx"
+            smoothed = smooth_with_text(
+                fused, source, tokenizer_path, calibration_texts, max_length, smoothing
+            )
+        meta = quantize_int8(
+            conversion,
+            source,
+            dst,
+            reference=fused,
+            staging=staging,
+            tokenizer_path=tokenizer_path,
+            calibration_texts=calibration_texts,
+            calibration_method=calibration_method,
+            max_length=max_length,
+            int8_search=int8_search,
+            precision=precision,
+            progress=progress,
+        )
+    return meta | {"smoothing": smoothed}
+
+
+def smooth_with_text(
+    fused: Path,
+    dst: Path,
+    tokenizer_path: Path,
+    texts: str | Path | None,
+    max_length: int,
+    alpha: float,
+) -> dict[str, Any]:
+    """`fused` smoothed (`fastelectra.convert.smoothing`) with ranges from calibration text."""
+    from fastelectra.calibration.feeds import read_calibration_texts
+    from fastelectra.convert.int8_search import single_feeds, spread_sample
+    from fastelectra.convert.smoothing import SMOOTHING_TEXTS, smooth
+    from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
+
+    corpus = read_calibration_texts(texts)
+    encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), corpus, max_length)
+    feeds = single_feeds(spread_sample(encodings, SMOOTHING_TEXTS, key=lambda e: len(e.ids)))
+    return smooth(fused, dst, feeds, INT8_OPS, alpha)
+
+
+def quantize_int8(
+    conversion: str,
+    src: Path,
+    dst: Path,
+    *,
+    reference: Path,
+    staging: Path,
+    tokenizer_path: Path,
+    calibration_texts: str | Path | None,
+    calibration_method: str,
+    max_length: int,
+    int8_search: bool,
+    precision: str,
+    progress: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """`src` quantised to `dst`; the search checks candidates against `reference` (FP32)."""
     quantizer: Int8Quantizer
     if conversion == "quantize-dynamic":
-        quantizer = DynamicInt8(fused, dst)
+        quantizer = DynamicInt8(src, dst)
     else:
         from fastelectra.calibration.static import StaticInt8
 
         quantizer = StaticInt8(
-            fused,
+            src,
             dst,
             tokenizer_path=tokenizer_path,
             texts=calibration_texts,
@@ -77,7 +141,8 @@ def convert_precision(
             return quantizer.metadata() | {"fp32_nodes": 0, "int8_search": None}
         search = tune_int8(
             quantizer,
-            fused,
+            src,
+            reference,
             tokenizer_path=tokenizer_path,
             texts=calibration_texts,
             max_length=max_length,
@@ -92,7 +157,8 @@ def convert_precision(
 
 def tune_int8(
     quantizer: Int8Quantizer,
-    fused: Path,
+    src: Path,
+    reference: Path,
     *,
     tokenizer_path: Path,
     texts: str | Path | None,
@@ -100,7 +166,8 @@ def tune_int8(
     precision: str,
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
-    """Rank nodes on calibration text, then search how many must stay FP32 (int8_search)."""
+    """Rank `src`'s nodes on calibration text, then search how many must stay FP32
+    (int8_search) for the quantised model to match `reference` (the FP32 model)."""
     from fastelectra.calibration.feeds import read_calibration_texts
     from fastelectra.convert.int8_search import (
         CHECK_TEXTS,
@@ -123,16 +190,16 @@ def tune_int8(
     corpus = read_calibration_texts(texts)
     encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), corpus, max_length)
     ranked = node_sensitivity(
-        fused,
+        src,
         single_feeds(spread_sample(encodings, RANK_TEXTS, key=lambda e: len(e.ids))),
         INT8_OPS,
         quantizer.activation_rounding(),
     )
     check = spread_sample(encodings, CHECK_TEXTS, key=lambda e: len(e.ids))
-    with tempfile.TemporaryDirectory(prefix=".fp32-outputs-", dir=fused.parent) as folder:
+    with tempfile.TemporaryDirectory(prefix=".fp32-outputs-", dir=reference.parent) as folder:
         # The FP32 outputs once, its session gone before the first candidate is quantised:
         # otherwise its weights stay resident beside each quantisation's own copy.
-        record_outputs(onnx_runner(fused), check, Path(folder))
+        record_outputs(onnx_runner(reference), check, Path(folder))
 
         def evaluate() -> dict[str, Any]:
             return verify(
