@@ -118,6 +118,15 @@ def test_openvino_peers_excluded_without_a_saved_model(tiny_bundle, tmp_path):
         find_saved_model(variant, "/nowhere/model")
 
 
+def test_missing_packages_name_the_extra(monkeypatch):
+    from fastelectra.bench import openvino_peer
+    from fastelectra.errors import DependencyMissing
+
+    monkeypatch.setattr(openvino_peer, "_installed", lambda name: None if name == "nncf" else "1")
+    with pytest.raises(DependencyMissing, match=r"need nncf \(not installed\).*\[openvino\]"):
+        openvino_peer.check_installed()
+
+
 def _parameter(name: str, rank: int) -> ov.Node:
     node = ops.parameter([-1] * rank, ov.Type.i32 if rank == 2 else ov.Type.f32, name=name)
     node.output(0).get_tensor().set_names({name})

@@ -34,6 +34,7 @@ from fastelectra.bench.variants import OnnxVariant
 from fastelectra.bundle import INPUT_NAMES, OUTPUT_NAMES
 from fastelectra.calibration.feeds import TextCalibrationReader, read_calibration_texts
 from fastelectra.errors import DependencyMissing, ToolError
+from fastelectra.precisions import FP32
 from fastelectra.runtime.batching import Batch, iter_batches
 from fastelectra.runtime.encoder import Encoder, l2_normalize, pool
 
@@ -119,7 +120,7 @@ def check_installed() -> dict[str, str]:
 def reference_bundle(bundles: Sequence[OnnxVariant]) -> OnnxVariant:
     """The bundle the OpenVINO peers are tokenized by, built from and compared with: the first
     FP32 bundle (the peers' accuracy reference), else the first bundle."""
-    return next((v for v in bundles if v.precision == "fp32"), bundles[0])
+    return next((v for v in bundles if v.precision == FP32.name), bundles[0])
 
 
 def find_saved_model(reference: OnnxVariant, source: str | None) -> tuple[Path, str]:
@@ -389,7 +390,7 @@ def load_openvino_peers(
         "subset_size": len(feeds),
         "preset": "nncf default (MIXED for TRANSFORMER)",
         "fast_bias_correction": True,
-        "other": "nncf defaults (target_device ANY, no ignored scope)",
+        "other": "nncf defaults (SmoothQuant for TRANSFORMER, target_device ANY, no ignored scope)",
         "calibration_texts": "built-in calibration.txt",
         "calibration_batch": CALIBRATION_BATCH,
         "calibration_max_length": max_length,
