@@ -150,10 +150,13 @@ def test_bench_peers_on_minilm(minilm_bundle, tmp_path):
     peers = results["peers"]
     assert peers["texts"] == 24 and peers["max_seq_length"] == 256
     assert peers["reference"] == minilm_bundle.name
-    assert {r["variant"] for r in peers["runs"]} == {minilm_bundle.name, "st-torch"}
+    ours = {minilm_bundle.name, "st-torch", "openvino-fp32", "openvino-int8"}
+    assert {r["variant"] for r in peers["runs"]} == ours
     assert all(r["texts_per_s"] > 0 for r in peers["runs"])
     # The FP32 bundle is the same network as the peer: the same vectors.
     assert peers["accuracy"]["st-torch"]["min_cosine"] > 0.9999
+    assert peers["accuracy"]["openvino-fp32"]["min_cosine"] > 0.9999
+    assert peers["openvino"]["in_effect"]["openvino-int8"]["int8_products"] > 0
     assert {p["name"] for p in peers["excluded"]} == {"st-onnx", "st-onnx-qint8"}
     assert all(p["reason"] for p in peers["excluded"])
     assert results["plots"] == ["peers.png"]

@@ -134,3 +134,65 @@ def test_no_import_cycle():
 def test_no_private_name_imported_across_packages():
     _, private = import_graph()
     assert private == []
+
+
+# The runtime (and every fastelectra module it imports, lazily or not) must load and run a
+# bundle without the heavy extras: not the bench's OpenVINO peers (openvino, nncf), not
+# conversion (TensorFlow, tf2onnx, onnx), not the tests' torch. (`embed`'s optional tqdm bar
+# and Ray / Triton scale-out are imported only when asked for, and stay allowed.)
+RUNTIME_ROOTS = ("fastelectra.runtime", "fastelectra.bundle")
+NEVER_IN_RUNTIME = {
+    "openvino",
+    "nncf",
+    "tensorflow",
+    "tf_keras",
+    "tensorflow_hub",
+    "tf2onnx",
+    "onnx",
+    "torch",
+    "sentence_transformers",
+}
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """Top-level names of the non-fastelectra, non-stdlib packages `path` imports."""
+    import sys
+
+    names: set[str] = set()
+    for node in runtime_imports(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.partition(".")[0] for a in node.names}
+        elif not node.level and node.module:
+            names.add(node.module.partition(".")[0])
+    return {n for n in names if n != "fastelectra" and n not in sys.stdlib_module_names}
+
+
+def runtime_closure() -> set[str]:
+    """The runtime's modules and every fastelectra module they import, transitively."""
+    graph, _ = import_graph()
+    found = {m for m in graph if m in RUNTIME_ROOTS or m.startswith("fastelectra.runtime.")}
+    frontier = set(found)
+    while frontier:
+        frontier = set().union(*(graph[m] for m in frontier)) - found
+        found |= frontier
+    return found
+
+
+def test_the_runtime_never_imports_openvino_or_other_heavy_extras():
+    modules = module_names()
+    closure = runtime_closure()
+    assert {"fastelectra.runtime.encoder", "fastelectra.bundle", "fastelectra.errors"} <= closure
+    heavy = {m: third_party_imports(modules[m][0]) & NEVER_IN_RUNTIME for m in closure}
+    assert {m: names for m, names in heavy.items() if names} == {}
+
+
+def test_the_closure_check_sees_an_optional_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text(
+        "import os\n\ndef f():\n    import openvino.runtime\n    from nncf import Dataset\n"
+    )
+    assert third_party_imports(module) == {"openvino", "nncf"}
+    # The bench's OpenVINO peer does import them: it is outside the runtime's closure.
+    assert "fastelectra.bench.openvino_peer" not in runtime_closure()
+    peer = module_names()["fastelectra.bench.openvino_peer"][0]
+    assert {"openvino", "nncf"} <= third_party_imports(peer)

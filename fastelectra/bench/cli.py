@@ -1,7 +1,8 @@
 """`fastelectra bench BUNDLE... [--source SOURCE] [--batch 1,8,32] [--seq 16,64,128,512] ...`
 
 Imported by `fastelectra.cli` for every command, so only argparse work happens at import time.
-TensorFlow is imported only when `--source` is given, torch only with `--peers`.
+TensorFlow is imported only when `--source` is given, torch (and openvino, nncf if installed)
+only with `--peers`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories to compare")
     p.add_argument(
         "--source",
-        help="also time the TensorFlow original (SavedModel, .tar.gz, hub handle or preset)",
+        help="also time the TensorFlow original (SavedModel, .tar.gz, hub handle or preset); "
+        "with --peers, what the OpenVINO peers convert (default: the bundle's recorded source)",
     )
     p.add_argument(
         "--batch",
@@ -101,7 +103,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--peers",
         action="store_true",
-        help="compare Encoder.embed with sentence-transformers (all-MiniLM-L6-v2) on texts",
+        help="compare Encoder.embed with sentence-transformers (all-MiniLM-L6-v2) and, with the "
+        "openvino extra, OpenVINO FP32 / NNCF INT8 of the bundles' SavedModel, on texts",
     )
     p.add_argument(
         "--traffic",
@@ -297,7 +300,14 @@ def run_bench(
             from fastelectra.bench.peers import run_peers
 
             results["peers"] = run_peers(
-                bundles, texts, args.batch, threads, args.duration, args.warmup, _progress
+                bundles,
+                texts,
+                args.batch,
+                threads,
+                args.duration,
+                args.warmup,
+                _progress,
+                source=args.source,
             )
             results["peers"]["file"] = str(text_file)
             report.write_results(out, results)

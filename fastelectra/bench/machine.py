@@ -58,6 +58,8 @@ LIBRARIES = (
     "sentence-transformers",
     "transformers",
     "optimum",
+    "openvino",
+    "nncf",
     "threadpoolctl",
     "matplotlib",
 )

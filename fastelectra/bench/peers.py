@@ -1,4 +1,5 @@
-"""Peers: sentence-transformers on the same texts, batch sizes and threads as our bundles.
+"""Peers: sentence-transformers, and OpenVINO on the bundles' own SavedModel, on the same
+texts, batch sizes and threads as our bundles.
 
 Each bundle runs `Encoder.embed(pooling="mean", normalize=True)` (what all-MiniLM-L6-v2's
 sentence-transformers pipeline computes) with `max_length` set to the peer's `max_seq_length`,
@@ -9,6 +10,10 @@ variant's embedding to our FP32 bundle's (the peer's if no FP32 bundle is given)
 sentence-transformers' ONNX backends (`backend="onnx"` and the
 `export_dynamic_quantized_onnx_model` qint8 export) need `optimum[onnxruntime]`; where it
 cannot be imported they are listed under "excluded" with the reason.
+
+OpenVINO FP32 and NNCF INT8 (`fastelectra.bench.openvino_peer`, the `openvino` extra) are the
+bundles' model, converted from the SavedModel they were built from, tokenized by the reference
+bundle; without the packages or the SavedModel they are listed under "excluded" too.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from typing import Any
 import numpy as np
 
 from fastelectra.bench.cells import round_robin
+from fastelectra.bench.openvino_peer import OPENVINO_PEERS, load_openvino_peers, reference_bundle
 from fastelectra.bench.texts import cosine_to, truncation_expected
+from fastelectra.bench.traffic import MAX_BATCH_TOKENS
 from fastelectra.bench.variants import OnnxVariant
+from fastelectra.convert.source import SourceError
 from fastelectra.errors import DependencyMissing
 from fastelectra.precisions import FP32
 
@@ -75,7 +83,10 @@ def run_peers(
     duration: float,
     warmup: int,
     progress: Callable[[str], None],
+    source: str | None = None,
 ) -> dict[str, Any]:
+    """`source`: the SavedModel (or preset) the OpenVINO peers convert; default: the one the
+    reference bundle's fastelectra.json names."""
     # The peer must not try the network: the model ships with the package.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -86,28 +97,51 @@ def run_peers(
     peer = SentenceTransformer(str(path), device="cpu")
     max_length = int(peer.max_seq_length)
     encoders = {}
+    limits = {}
     tokens = None
     for variant in variants:
-        limit = min(max_length, variant.max_sequence_length)
+        limits[variant.name] = limit = min(max_length, variant.max_sequence_length)
         encoders[variant.name], tokenizer = variant.encoder(limit)
         # Real (unpadded) tokens after truncation; every bundle tokenizes BERT-uncased alike.
         tokens = int(np.minimum(tokenizer.token_count(texts), limit).sum())
 
+    excluded = [{"name": name, "reason": onnx_peers_excluded()} for name in ONNX_PEERS]
+    reference = reference_bundle(variants)
+    try:
+        openvino, openvino_info = load_openvino_peers(
+            reference, source, threads, limits[reference.name], progress
+        )
+    except (DependencyMissing, SourceError) as e:
+        openvino, openvino_info = [], None
+        excluded += [{"name": name, "reason": str(e)} for name in OPENVINO_PEERS]
+
     def ours(name: str, batch: int) -> Callable[[], np.ndarray]:
         encoder = encoders[name]
-        return lambda: encoder.embed(texts, pooling="mean", normalize=True, batch_size=batch)
+        return lambda: encoder.embed(
+            texts,
+            pooling="mean",
+            normalize=True,
+            batch_size=batch,
+            max_batch_tokens=MAX_BATCH_TOKENS,  # stated: the OpenVINO peers batch with it too
+        )
 
     def theirs(batch: int) -> Callable[[], np.ndarray]:
         return lambda: peer.encode(
             texts, batch_size=batch, normalize_embeddings=True, show_progress_bar=False
         )
 
-    names = [*encoders, TORCH_PEER]
+    def openvino_run(index: int, batch: int) -> Callable[[], np.ndarray]:
+        peer, encoder = openvino[index], encoders[reference.name]
+        return lambda: peer.embed(encoder, texts, batch)
+
+    names = [*encoders, TORCH_PEER, *(peer.name for peer in openvino)]
+    peers = set(names) - set(encoders)
     rows: list[dict[str, Any]] = []
     embeddings: dict[str, np.ndarray] = {}
     for batch in batches:
         progress(f"peers: batch {batch}, {len(texts)} texts: {', '.join(names)}")
         runs = [ours(name, batch) for name in encoders] + [theirs(batch)]
+        runs += [openvino_run(i, batch) for i in range(len(openvino))]
         with truncation_expected():  # the peer truncates at max_length too, silently
             if warmup > 0:  # one untimed pass warms every shape the timed passes will use
                 for run in runs:
@@ -120,7 +154,7 @@ def run_peers(
             rows.append(
                 {
                     "variant": name,
-                    "kind": "peer" if name == TORCH_PEER else "bundle",
+                    "kind": "peer" if name in peers else "bundle",
                     "batch": batch,
                     "passes": len(s),
                     "pass_s_median": round(float(np.median(s)), 4),
@@ -156,5 +190,6 @@ def run_peers(
         "reference": baseline,
         "accuracy": accuracy,
         "runs": rows,
-        "excluded": [{"name": name, "reason": onnx_peers_excluded()} for name in ONNX_PEERS],
+        "openvino": openvino_info,
+        "excluded": excluded,
     }

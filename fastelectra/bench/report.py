@@ -168,6 +168,28 @@ def sections(results: dict[str, Any]) -> list[Section]:
     return out
 
 
+def peer_notes(peers: dict[str, Any]) -> list[str]:
+    """How the OpenVINO peers were made, and which peers did not run and why (one line per
+    reason: the OpenVINO peers and sentence-transformers' ONNX ones miss for different ones)."""
+    lines = []
+    ov = peers.get("openvino")
+    if ov:
+        versions, nncf = ov["versions"], ov["nncf"]
+        lines.append(
+            f"OpenVINO {versions['openvino']}: converted from {ov['saved_model']} "
+            f"({ov['saved_model_from']}) in {fmt(ov['convert_s'])} s; INT8 by nncf "
+            f"{versions['nncf']} quantize(model_type={nncf['model_type']}, "
+            f"subset_size={nncf['subset_size']}) on {nncf['calibration_texts']} in "
+            f"{fmt(ov['quantize_s'])} s; CPU plugin "
+            + ", ".join(f"{k}={v}" for k, v in ov["config"].items())
+        )
+    reasons: dict[str, list[str]] = {}
+    for peer in peers.get("excluded", []):
+        reasons.setdefault(peer["reason"], []).append(peer["name"])
+    lines += [f"Not run: {', '.join(names)}: {reason}." for reason, names in reasons.items()]
+    return lines
+
+
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [list(headers)] + [[fmt(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -191,10 +213,9 @@ def format_text(results: dict[str, Any]) -> str:
     parts = summary_lines(results)
     for title, headers, rows in sections(results):
         parts += ["", title, text_table(headers, rows)]
-    excluded = (results.get("peers") or {}).get("excluded", [])
-    if excluded:
-        names = ", ".join(p["name"] for p in excluded)
-        parts += ["", f"peers not run ({names}): {excluded[0]['reason']}"]
+    notes = peer_notes(results.get("peers") or {})
+    if notes:
+        parts += ["", *notes]
     return "\n".join(parts)
 
 
@@ -203,12 +224,9 @@ def format_markdown(results: dict[str, Any]) -> str:
     parts += ["", f"`{results['command']}`"]
     for title, headers, rows in sections(results):
         parts += ["", f"**{title}**", "", markdown_table(headers, rows)]
-    excluded = (results.get("peers") or {}).get("excluded", [])
-    if excluded:
-        parts += [
-            "",
-            f"Not run: {', '.join(p['name'] for p in excluded)}: {excluded[0]['reason']}.",
-        ]
+    notes = peer_notes(results.get("peers") or {})
+    if notes:
+        parts += ["", *(f"{line}  " for line in notes)]
     return "\n".join(parts) + "\n"
 
 
