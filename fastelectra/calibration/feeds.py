@@ -58,7 +58,7 @@ class TextCalibrationReader:
     def set_range(self, start_index: int, end_index: int) -> None:
         """Serve only batches [start_index, end_index) until the next call.
 
-        onnxruntime's `CalibStridedMinMax` option calls this to calibrate a few batches at a
+        `fastelectra.calibration.static.calibrate` calls this to calibrate a few batches at a
         time, which bounds memory and keeps each collected set one shape.
         """
         self._range = (start_index, min(end_index, len(self)))

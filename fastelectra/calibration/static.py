@@ -3,14 +3,17 @@
 QDQ, not QOperator: QOperator on the fused graph fails inside onnxruntime. The
 calibration runs in bounded memory: onnxruntime's calibrator otherwise keeps every
 intermediate output of every batch (issue reports of 100+ GiB for BERT percentile
-calibration). `CalibStridedMinMax` (despite its name, honoured by every method) makes it
-collect one batch at a time through the reader's `set_range` and fold it into the running
-ranges / histograms; that also keeps each collected set one shape, without which the
-histogram methods fail on batches of different lengths.
+calibration). `calibrate` collects one batch at a time through the reader's `set_range`
+and folds it into the running ranges / histograms (what quantize_static's
+`CalibStridedMinMax` does, for every method despite its name); that also keeps each
+collected set one shape, without which the histogram methods fail on batches of different
+lengths. The weights are held once at a time: by the calibration session, then by the
+quantiser, never both and never in Python during calibration.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +24,6 @@ import onnx
 
 from fastelectra.bundle import TRT_CALIBRATION_FILE
 from fastelectra.calibration.feeds import TextCalibrationReader, read_calibration_texts
-from fastelectra.convert.fuse import save_model
 from fastelectra.convert.int8 import (
     INT8_OPS,
     Int8Quantizer,
@@ -85,18 +87,22 @@ class StaticInt8(Int8Quantizer):
         # onnxruntime's calibrator only records tensors whose type it knows, and nothing
         # infers types through the fused contrib ops (SkipLayerNormalization, Attention...):
         # without this, 2 of MiniLM's 25 quantisable inputs got ranges. Symbolic shape
-        # inference knows the contrib ops.
-        self.src = typed_copy(src, self.work / "typed.onnx")
+        # inference knows the contrib ops. The typed graph lives beside `src`, so that it reads
+        # `src`'s external weights rather than holding a copy of them.
+        self.src = typed_graph(src, src.with_name(f".{src.stem}.typed-{os.getpid()}.onnx"))
 
     def _write(self, fp32_nodes: list[str]) -> None:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         first = not self.cache.exists()
+        if first:
+            # Before the quantiser loads the model, not (as quantize_static would) beside it.
+            calibrate(self.src, self.reader, self.method, self.cache)
         with weightless_shape_inference():
             quantize_static(
                 str(self.src),
                 str(self.dst),
-                self.reader if first else None,
+                None,  # the ranges are read from the cache
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=INT8_OPS,
                 nodes_to_exclude=fp32_nodes,
@@ -108,11 +114,7 @@ class StaticInt8(Int8Quantizer):
                 use_external_data_format=True,
                 extra_options={
                     "DefaultTensorType": onnx.TensorProto.FLOAT,
-                    "CalibStridedMinMax": BATCHES_PER_COLLECT,
                     "ActivationSymmetric": True,
-                    # Symmetric ranges (lowest = -highest) also make the TensorRT table right:
-                    # onnxruntime writes max(highest, lowest) there, not max(|highest|, |lowest|).
-                    "CalibTensorRangeSymmetric": True,
                 },
                 calibration_cache_path=str(self.cache),
             )
@@ -156,26 +158,81 @@ class StaticInt8(Int8Quantizer):
         }
 
     def __exit__(self, *exc: object) -> None:
+        self.src.unlink(missing_ok=True)
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def typed_copy(src: Path, dst: Path) -> Path:
-    """`src` with every intermediate tensor's type and shape annotated (weights untouched)."""
+def typed_graph(src: Path, dst: Path) -> Path:
+    """`src` with every intermediate tensor's type and shape annotated, written to `dst` in
+    `src`'s directory: its weights stay where they are (in `src`'s external data) or, for an
+    inline `src`, are copied with the graph."""
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    graph_only = onnx.load(str(src), load_external_data=False)
+    if dst.parent.resolve() != src.parent.resolve():
+        raise ValueError("the typed graph must be written beside its model")
+    graph = onnx.load(str(src), load_external_data=False)
     # Shape inference reads the values of shape-like constants (small); weight matrices stay on
     # disk. For an inline `src` everything is loaded already.
-    for tensor in graph_only.graph.initializer:
+    for tensor in graph.graph.initializer:
         if uses_external_data(tensor) and _external_length(tensor) < SMALL_TENSOR_BYTES:
             load_external_data_for_tensor(tensor, str(src.parent))
-    typed = SymbolicShapeInference.infer_shapes(graph_only, auto_merge=True)
-    model = onnx.load(str(src))
-    model.graph.value_info.extend(typed.graph.value_info)
-    del graph_only, typed
-    save_model(model, dst)
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    typed = SymbolicShapeInference.infer_shapes(graph, auto_merge=True)
+    graph.graph.value_info.extend(typed.graph.value_info)
+    del typed
+    onnx.save(graph, str(dst))
     return dst
+
+
+def calibrate(model: Path, reader: TextCalibrationReader, method: str, cache: Path) -> None:
+    """Activation ranges of `model` on `reader`'s batches, written to `cache` as onnxruntime's
+    `quantize_static` writes and reads them.
+
+    What `quantize_static` does when given a reader, with two changes. It runs first and
+    alone, so the quantiser's copy of the weights is not loaded yet. And the calibrator
+    holds the graph only: onnxruntime's loads the model with its weights into Python, adds
+    its ReduceMin / ReduceMax outputs and saves it again, weights and all, for its session;
+    here the augmented graph is saved beside `model`, its initializers still pointing at
+    `model`'s external data, so the weights are read once, by the session.
+    """
+    from onnxruntime.quantization import calibrate as ort_calibrate
+
+    augmented = model.with_name(f"{model.stem}.augmented.onnx")
+    load = ort_calibrate.load_model_with_shape_infer
+    ort_calibrate.load_model_with_shape_infer = _graph_with_shapes
+    try:
+        calibrator = ort_calibrate.create_calibrator(
+            model,
+            INT8_OPS,
+            augmented_model_path=str(augmented),
+            calibrate_method=calibration_method(method),
+            use_external_data_format=False,  # nothing to externalise: the graph holds no weights
+            # Symmetric ranges (lowest = -highest) also make the TensorRT table right:
+            # onnxruntime writes max(highest, lowest) there, not max(|highest|, |lowest|).
+            extra_options={"symmetric": True},
+        )
+        # One batch at a time (see the module docstring), as CalibStridedMinMax does.
+        for start in range(0, len(reader), BATCHES_PER_COLLECT):
+            reader.set_range(start, start + BATCHES_PER_COLLECT)
+            calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+        del calibrator
+    finally:
+        ort_calibrate.load_model_with_shape_infer = load
+        augmented.unlink(missing_ok=True)
+    ort_calibrate.save_tensors_data(ranges, cache)
+
+
+def _graph_with_shapes(model_path: Path) -> onnx.ModelProto:
+    """onnxruntime's `load_model_with_shape_infer`, the external weights left on disk."""
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    add_infer_metadata(inferred)
+    return inferred
 
 
 def _external_length(tensor: onnx.TensorProto) -> int:

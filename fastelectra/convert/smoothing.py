@@ -104,7 +104,9 @@ def smooth(
     # Each Mul just before its product keeps the graph topologically sorted.
     for position, mul in reversed(inserted):
         model.graph.node.insert(position, mul)
-    save_model(model, dst)
+    # Weights in external data: the quantisers read them from there, and the static one's
+    # typed graph points at them instead of copying them (`fastelectra.calibration.static`).
+    save_model(model, dst, external_data=True)
     return {
         "method": "smoothquant",
         "alpha": alpha,
