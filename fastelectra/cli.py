@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from fastelectra.bench.cli import add_bench_arguments, run_bench
 from fastelectra.errors import FastElectraError, UsageError
-from fastelectra.precisions import INT8_SMOOTHING_ALPHA
+from fastelectra.precisions import SMOOTHING_OFF
 from fastelectra.runtime.cli import add_embed_arguments, run_embed
 from fastelectra.scale.cli import add_export_triton_arguments, run_export_triton
 from fastelectra.serve.cli import add_serve_arguments, run_serve
@@ -71,16 +71,17 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--int8-smoothing",
         type=_smoothing_alpha,
-        default=INT8_SMOOTHING_ALPHA,
+        default=None,
         metavar="ALPHA|off",
         help="int8: SmoothQuant migration strength, activation outliers moved into the weights "
-        f"before quantising (default {INT8_SMOOTHING_ALPHA}; off: quantise the fused graph as it is)",
+        "before quantising (default: the precision's own, 0.75 int8-dynamic, 0.5 int8-static; "
+        "off: quantise the fused graph as it is)",
     )
 
 
-def _smoothing_alpha(text: str) -> float | None:
-    if text == "off":
-        return None
+def _smoothing_alpha(text: str) -> float | str:
+    if text == SMOOTHING_OFF:
+        return SMOOTHING_OFF
     try:
         alpha = float(text)
     except ValueError:

@@ -110,3 +110,14 @@ def test_cli_rejects_a_bad_alpha(value):
     )
     assert done.returncode == 2
     assert "expected a number in [0, 1] or 'off'" in done.stderr
+
+
+def test_each_int8_precision_has_its_own_alpha():
+    from fastelectra.convert.build import smoothing_alpha
+    from fastelectra.precisions import BY_NAME
+
+    assert smoothing_alpha("int8-dynamic", None) == BY_NAME["int8-dynamic"].int8_smoothing == 0.75
+    assert smoothing_alpha("int8-static", None) == BY_NAME["int8-static"].int8_smoothing == 0.5
+    assert smoothing_alpha("int8-static", 0.25) == 0.25
+    assert smoothing_alpha("int8-dynamic", "off") is None
+    assert smoothing_alpha("fp32", None) is None

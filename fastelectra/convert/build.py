@@ -31,7 +31,7 @@ from fastelectra.bundle import (
 from fastelectra.convert.console import captured_output, printer
 from fastelectra.convert.steps import Steps, mb
 from fastelectra.errors import FastElectraError
-from fastelectra.precisions import FP32, INT8_SMOOTHING_ALPHA, precision_named
+from fastelectra.precisions import FP32, SMOOTHING_OFF, precision_named
 from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_directory
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,13 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+def smoothing_alpha(precision: str, asked: float | str | None) -> float | None:
+    """The alpha to smooth with: `asked`, the precision's own when None, none for "off"."""
+    if asked is None:
+        return precision_named(precision).int8_smoothing
+    return None if asked == SMOOTHING_OFF else float(asked)
+
+
 @cleanup_on_signals()  # SIGTERM runs the `finally` below (and the staging's) before dying
 def build(
     source: str | Path,
@@ -89,10 +96,13 @@ def build(
     route: str = "hollow",
     progress: Progress | None = _stderr_progress,
     int8_search: bool = True,
-    int8_smoothing: float | None = INT8_SMOOTHING_ALPHA,
+    int8_smoothing: float | str | None = None,
     verbose: bool = False,
 ) -> BuildResult:
     """Convert `source` into a verified bundle at `out` (see the module docstring).
+
+    `int8_smoothing`: SmoothQuant's alpha before INT8, "off", or None for the precision's
+    own (`fastelectra.precisions`).
 
     The libraries' own output (TensorFlow, tf2onnx, onnxruntime's tools) goes to a log in the
     work directory, shown in part only if a step fails (`console.captured_output`);
@@ -153,7 +163,7 @@ def build(
                         calibration_method=calibration_method,
                         max_length=dims.max_positions,
                         int8_search=int8_search,
-                        smoothing=int8_smoothing,
+                        smoothing=smoothing_alpha(precision, int8_smoothing),
                         progress=say,
                     )
             with step("verify", "verifying against TensorFlow's recorded outputs"):

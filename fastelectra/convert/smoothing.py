@@ -32,11 +32,10 @@ import onnx
 from onnx import numpy_helper
 
 from fastelectra.convert.int8_search import captured_inputs, quantizable_nodes
-from fastelectra.precisions import INT8_SMOOTHING_ALPHA
 
-# SmoothQuant's default migration strength; measured against others in
-# benchmarks/int8_smoothing.py.
-ALPHA = INT8_SMOOTHING_ALPHA
+# SmoothQuant's own default migration strength; each INT8 precision has its own
+# (`fastelectra.precisions`).
+ALPHA = 0.5
 # Calibration texts (batch 1, spread over the lengths) whose per-channel maxima set the scales.
 SMOOTHING_TEXTS = 64
 # Smoothing scales are kept in this range so that a dead channel (max 0) or a huge one cannot
