@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+CLI = [sys.executable, "-m", "fastelectra.cli"]  # `fastelectra`, from this interpreter
 TARGETS = {(1, 16): 0.7, (1, 128): 0.6}  # issue 13: INT8 p50 / FP32 p50 at most this
 
 
@@ -32,7 +33,7 @@ def build(source: str, out: Path, precision: str, alpha: str) -> dict[str, Any]:
         if precision != "fp32":
             command += ["--int8-smoothing", alpha]
         print("+", " ".join(command), file=sys.stderr, flush=True)
-        done = subprocess.run(command)
+        done = subprocess.run([*CLI, *command[1:]])
         if done.returncode != 0:
             return {"built": False, "command": " ".join(command), "exit_status": done.returncode}
     meta = json.loads((out / "fastelectra.json").read_text())
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     bench += ["--threads", str(args.threads), "--duration", str(args.duration)]
     bench += ["--no-memory", "--out", str(out)]
     print("+", " ".join(bench), file=sys.stderr, flush=True)
-    subprocess.run(bench, check=True)
+    subprocess.run([*CLI, *bench[1:]], check=True)
 
     results = json.loads((out / "results.json").read_text())
     fp32 = Path(timed[0]).name
