@@ -172,8 +172,8 @@ def load_variants(
     bundles: list[str], source: str | None, providers: Any, threads: int
 ) -> list[Any]:
     """The bundles' sessions, then the TensorFlow original, each with its RSS growth at load."""
-    from fastelectra.bench.memory import rss_mib
     from fastelectra.bench.variants import OnnxVariant, TensorFlowVariant
+    from fastelectra.process_memory import rss_mib
 
     loaders = [
         (path, partial(OnnxVariant.from_bundle, path, providers, threads)) for path in bundles

@@ -17,40 +17,13 @@ Onnxruntime's arena keeps what the largest cell needed, so the peak is set by th
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from fastelectra.bench.cells import Cell, synthetic_inputs
-
-STATUS = Path("/proc/self/status")
-
-
-def _status_mib(field: str) -> float | None:
-    try:
-        for line in STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return round(int(line.split()[1]) / 1024, 1)  # reported in kB
-    except OSError:
-        pass
-    return None
-
-
-def rss_mib() -> float | None:
-    """Resident set size of this process now (Linux; None elsewhere)."""
-    return _status_mib("VmRSS")
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far."""
-    peak = _status_mib("VmHWM")
-    if peak is not None:
-        return peak
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, kB on Linux
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)
+from fastelectra.process_memory import peak_rss_mib, rss_mib
 
 
 def measure_in_subprocess(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from fastelectra.process_memory import peak_rss_mib, rss_mib
 
 Progress = Callable[[str], None]
 
@@ -37,7 +38,7 @@ class Steps:
         finally:
             self.timings[name] = time.perf_counter() - start
             release_memory()
-            rss = rss_mb()
+            rss = rss_mib()
             self.memory[name] = {"peak_rss_mb": self.peak(rss), "rss_after_mb": rss}
         figures = self.memory[name]
         self.say(
@@ -51,13 +52,14 @@ class Steps:
         self.memory.update(memory)
 
     def peak(self, *seen: float | None) -> float | None:
-        """The process's peak so far: getrusage's, unless a resident size we read was higher.
+        """The process's peak so far: its high-water mark (`process_memory.peak_rss_mib`),
+        unless a resident size we read was higher.
 
         The kernel sums its RSS counters only approximately (per-CPU deltas), and raises the
-        high-water mark getrusage reports only at unmaps and when asked, so that mark came out
-        below the resident size read just before it (876.6 vs 876.7 MiB after `load`).
+        high-water mark only at unmaps and when asked, so that mark came out below the
+        resident size read just before it (876.6 vs 876.7 MiB after `load`).
         """
-        figures = [f for f in (self.peak_rss_mb, peak_rss_mb(), *seen) if f is not None]
+        figures = [f for f in (self.peak_rss_mb, peak_rss_mib(), *seen) if f is not None]
         self.peak_rss_mb = max(figures) if figures else None
         return self.peak_rss_mb
 
@@ -74,27 +76,6 @@ def release_memory() -> None:
         # Not glibc (musl): no such library or function, nothing to trim.
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident set of this process so far (not of its children), in MiB."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux counts KiB, macOS bytes.
-    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
-
-
-def rss_mb() -> float | None:
-    """Resident set of this process now, in MiB (None without /proc)."""
-    try:
-        with open("/proc/self/statm") as f:
-            resident_pages = int(f.read().split()[1])
-    except OSError:
-        return None
-    return round(resident_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20), 1)
 
 
 def mb(value: float | None) -> str:
