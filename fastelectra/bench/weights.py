@@ -26,12 +26,14 @@ from pathlib import Path
 
 from fastelectra.bundle import Dimensions
 from fastelectra.runtime import protowire as wire
-
-# onnx.proto3 field numbers
-MODEL_GRAPH = 7
-GRAPH_NODE, GRAPH_INITIALIZER = 1, 5
-NODE_INPUT, NODE_OP_TYPE = 1, 4
-TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME = 1, 2, 8
+from fastelectra.runtime.protowire import (
+    GRAPH_INITIALIZER,
+    GRAPH_NODE,
+    MODEL_GRAPH,
+    TENSOR_DATA_TYPE,
+    TENSOR_DIMS,
+    TENSOR_NAME,
+)
 
 # TensorProto.DataType -> (name, bytes per element)
 DTYPES = {
@@ -118,18 +120,6 @@ def _initializer(buf: wire.Buffer, tensor: wire.Field) -> tuple[str, str, int]:
     return name, dtype, count * size
 
 
-def _node_inputs(buf: wire.Buffer, node: wire.Field) -> tuple[str, list[str]]:
-    op_type, inputs = "", []
-    for f in wire.fields(buf, node.value, node.end):
-        if f.wire_type != wire.LEN:
-            continue
-        if f.number == NODE_OP_TYPE:
-            op_type = wire.text(buf, f)
-        elif f.number == NODE_INPUT:
-            inputs.append(wire.text(buf, f))
-    return op_type, inputs
-
-
 def model_weight_bytes(model_path: str | os.PathLike[str]) -> WeightBytes:
     """The initializer bytes one call of the model at `model_path` reads (module doc)."""
     initializers: dict[str, tuple[str, int]] = {}
@@ -150,9 +140,9 @@ def model_weight_bytes(model_path: str | os.PathLike[str]) -> WeightBytes:
                 name, dtype, size = _initializer(buf, item)
                 initializers[name] = (dtype, size)
             elif item.number == GRAPH_NODE:
-                op_type, inputs = _node_inputs(buf, item)
-                for index, name in enumerate(inputs):
-                    uses[name].append((op_type, index))
+                node = wire.read_node(buf, item)
+                for index, name in enumerate(node.inputs):
+                    uses[name].append((node.op_type, index))
     by_dtype: dict[str, int] = defaultdict(int)
     lookup = 0
     for name, (dtype, size) in initializers.items():

@@ -29,7 +29,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastelectra.runtime import protowire as wire
-from fastelectra.runtime.protowire import Buffer, Field
+from fastelectra.runtime.protowire import (
+    ATTR_F,
+    ATTR_FLOAT,
+    ATTR_I,
+    ATTR_INT,
+    ATTR_NAME,
+    ATTR_TYPE,
+    DATA_LOCATION_EXTERNAL,
+    ENTRY_KEY,
+    ENTRY_VALUE,
+    GRAPH_INITIALIZER,
+    GRAPH_NODE,
+    MODEL_GRAPH,
+    MODEL_OPSET_IMPORT,
+    NODE_ATTRIBUTE,
+    NODE_INPUT,
+    NODE_NAME,
+    NODE_OP_TYPE,
+    NODE_OUTPUT,
+    OPSET_DOMAIN,
+    OPSET_VERSION,
+    TENSOR_DATA_LOCATION,
+    TENSOR_EXTERNAL_DATA,
+    TENSOR_RAW_DATA,
+    Buffer,
+    Field,
+)
 
 # onnxruntime's graph optimizer that fuses Add + LayerNormalization into SkipLayerNormalization.
 SKIP_LAYERNORM_FUSION = "SkipLayerNormFusion"
@@ -37,17 +63,6 @@ SKIP_LAYERNORM_FUSION = "SkipLayerNormFusion"
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 MIN_EXTERNAL_BYTES = 1024  # onnx's own threshold for external data
 LAYERNORM_OPSET = 17  # LayerNormalization joined the default domain in opset 17
-
-# onnx.proto3 field numbers.
-MODEL_GRAPH, MODEL_OPSET_IMPORT = 7, 8
-OPSET_DOMAIN, OPSET_VERSION = 1, 2
-GRAPH_NODE, GRAPH_INITIALIZER = 1, 5
-NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
-ATTR_NAME, ATTR_F, ATTR_I, ATTR_TYPE = 1, 2, 3, 20
-ATTR_FLOAT, ATTR_INT = 1, 2
-TENSOR_RAW_DATA, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 9, 13, 14
-ENTRY_KEY, ENTRY_VALUE = 1, 2
-DATA_LOCATION_EXTERNAL = 1
 
 
 @dataclass(frozen=True)
@@ -159,32 +174,17 @@ class _SkipLayerNorm:
 
     @classmethod
     def parse(cls, buf: Buffer, node: Field) -> _SkipLayerNorm | None:
-        op_type = domain = name = ""
-        inputs: list[str] = []
-        outputs: list[str] = []
-        epsilon = 1e-12  # the contrib op's default
-        for field in wire.fields(buf, node.value, node.end):
-            if field.wire_type != wire.LEN:
-                continue
-            if field.number == NODE_OP_TYPE:
-                op_type = wire.text(buf, field)
-            elif field.number == NODE_DOMAIN:
-                domain = wire.text(buf, field)
-            elif field.number == NODE_NAME:
-                name = wire.text(buf, field)
-            elif field.number == NODE_INPUT:
-                inputs.append(wire.text(buf, field))
-            elif field.number == NODE_OUTPUT:
-                outputs.append(wire.text(buf, field))
-            elif field.number == NODE_ATTRIBUTE:
-                epsilon = _epsilon(buf, field, epsilon)
-        if op_type != "SkipLayerNormalization" or domain != "com.microsoft":
+        parsed = wire.read_node(buf, node)
+        if parsed.op_type != "SkipLayerNormalization" or parsed.domain != "com.microsoft":
             return None
         # Outputs 1 and 2 (mean, inverse std-dev) are training outputs we never produce; a
         # node that has them is left to the kernel rather than half-translated.
-        if len(inputs) < 3 or any(o for o in outputs[1:3]):
+        if len(parsed.inputs) < 3 or any(o for o in parsed.outputs[1:3]):
             return None
-        return cls(inputs, outputs, name, epsilon)
+        epsilon = 1e-12  # the contrib op's default
+        for attribute in parsed.attributes:
+            epsilon = _epsilon(buf, attribute, epsilon)
+        return cls(parsed.inputs, parsed.outputs, parsed.name, epsilon)
 
     def split(self, prefix: str) -> bytes:
         data, skip, gamma = self.inputs[:3]

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastelectra.errors import FastElectraError
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 
 Buffer = bytes | bytearray | memoryview  # an mmap reads the same way
+
+# onnx.proto3 field numbers: the one table of them, for every reader and writer of ONNX bytes.
+MODEL_GRAPH, MODEL_OPSET_IMPORT = 7, 8
+OPSET_DOMAIN, OPSET_VERSION = 1, 2
+GRAPH_NODE, GRAPH_INITIALIZER = 1, 5
+NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
+ATTR_NAME, ATTR_F, ATTR_I, ATTR_TYPE = 1, 2, 3, 20
+ATTR_FLOAT, ATTR_INT = 1, 2
+TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME = 1, 2, 8
+TENSOR_RAW_DATA, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 9, 13, 14
+ENTRY_KEY, ENTRY_VALUE = 1, 2
+DATA_LOCATION_EXTERNAL = 1
 
 
 class WireError(FastElectraError, ValueError):
@@ -72,6 +84,39 @@ def fields(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Fiel
             raise WireError(f"field {number} at byte {pos} runs past the end of its message")
         yield Field(number, wire_type, pos, value, stop)
         pos = stop
+
+
+@dataclass
+class Node:
+    """A NodeProto's names and edges; its attributes left as fields, to be read if wanted."""
+
+    op_type: str = ""
+    domain: str = ""
+    name: str = ""
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    attributes: list[Field] = field(default_factory=list)
+
+
+def read_node(buf: Buffer, node: Field) -> Node:
+    """The NodeProto whose bytes `node` (a graph's node field) spans."""
+    out = Node()
+    for item in fields(buf, node.value, node.end):
+        if item.wire_type != LEN:
+            continue
+        if item.number == NODE_OP_TYPE:
+            out.op_type = text(buf, item)
+        elif item.number == NODE_DOMAIN:
+            out.domain = text(buf, item)
+        elif item.number == NODE_NAME:
+            out.name = text(buf, item)
+        elif item.number == NODE_INPUT:
+            out.inputs.append(text(buf, item))
+        elif item.number == NODE_OUTPUT:
+            out.outputs.append(text(buf, item))
+        elif item.number == NODE_ATTRIBUTE:
+            out.attributes.append(item)
+    return out
 
 
 def payload(buf: Buffer, field: Field) -> bytes:
