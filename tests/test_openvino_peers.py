@@ -122,7 +122,7 @@ def test_missing_packages_name_the_extra(monkeypatch):
     from fastelectra.bench import openvino_peer
     from fastelectra.errors import DependencyMissing
 
-    monkeypatch.setattr(openvino_peer, "_installed", lambda name: None if name == "nncf" else "1")
+    monkeypatch.setattr(openvino_peer, "library_versions", lambda names: {"openvino": "1"})
     with pytest.raises(DependencyMissing, match=r"need nncf \(not installed\).*\[openvino\]"):
         openvino_peer.check_installed()
 

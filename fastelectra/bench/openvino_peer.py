@@ -23,12 +23,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastelectra.bench.machine import library_versions
 from fastelectra.bench.traffic import MAX_BATCH_TOKENS
 from fastelectra.bench.variants import OnnxVariant
 from fastelectra.bundle import INPUT_NAMES, OUTPUT_NAMES
@@ -99,22 +99,16 @@ RECORDED_PROPERTIES = (
 )
 
 
-def _installed(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def check_installed() -> dict[str, str]:
     """openvino's and nncf's versions; `DependencyMissing` if either is missing."""
-    versions = {name: _installed(name) for name in ("openvino", "nncf")}
-    missing = [name for name, v in versions.items() if v is None]
+    names = ("openvino", "nncf")
+    versions = library_versions(names)
+    missing = [name for name in names if name not in versions]
     if missing:
         raise DependencyMissing(
             f"the OpenVINO peers need {' and '.join(missing)} (not installed): {INSTALL}"
         )
-    return {name: str(v) for name, v in versions.items()}
+    return versions
 
 
 def reference_bundle(bundles: Sequence[OnnxVariant]) -> OnnxVariant:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fastelectra.bench.cells import round_robin
+from fastelectra.bench.machine import library_versions
 from fastelectra.bench.openvino_peer import OPENVINO_PEERS, load_openvino_peers, reference_bundle
 from fastelectra.bench.texts import cosine_to, truncation_expected
 from fastelectra.bench.traffic import MAX_BATCH_TOKENS
@@ -51,10 +51,7 @@ def peer_model_path() -> Path:
 
 
 def _installed(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
+    return library_versions([name]).get(name, "not installed")
 
 
 def onnx_peers_excluded() -> str:
