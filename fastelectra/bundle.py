@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastelectra.destinations import DirectoryKind, check_directory
 from fastelectra.errors import FastElectraError
 from fastelectra.precisions import FP32
 
@@ -202,19 +203,45 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def foreign_bundle_entries(path: Path) -> list[str] | None:
+    """The entries of the bundle at `path` that its metadata does not name; None if `path` is
+    not a bundle (no readable `fastelectra.json` of this format)."""
+    try:
+        raw = read_json(path / META_FILE)
+    except BundleError:
+        return None
+    files = raw.get("files")
+    if raw.get("format") != FORMAT or not isinstance(files, dict):
+        return None
+    ours = {META_FILE, *files}
+    return sorted(
+        entry.name
+        for entry in os.scandir(path)
+        if entry.name not in ours or not entry.is_file(follow_symlinks=False)
+    )
+
+
+BUNDLE = DirectoryKind("a fastelectra bundle", foreign_bundle_entries)
+
+
 @contextlib.contextmanager
-def staged_directory(out: str | os.PathLike[str]) -> Iterator[Path]:
+def staged_directory(out: str | os.PathLike[str], kind: DirectoryKind = BUNDLE) -> Iterator[Path]:
     """Yield an empty directory beside `out`; on success it atomically becomes `out`.
 
     On any exception the staging directory is removed and `out` is untouched, so a failed or
     interrupted build never leaves a half-written bundle (nor damages an existing one). The
     staging (and `.old-`) directories are owned (see `fastelectra.workdirs`), so the next build
     to `out` removes them if this process is killed outright.
+
+    `out` is replaced only if it is of `kind` and holds nothing else (`destinations`): checked
+    before staging begins and again right before the swap.
     """
+    check_directory(out, kind)
     out = Path(out).absolute()
     staging = owned_directory(out, "staging")
     try:
         yield staging.path
+        check_directory(out, kind)
         if out.exists():
             _replace_directory(out, staging.path)
         else:

@@ -243,9 +243,12 @@ def test_invalid_utf8_leaves_outputs_untouched(synthetic, tmp_path, capsys, name
     assert not new.exists()
 
     existing = tmp_path / f"existing-{name}"
-    existing.write_bytes(b"earlier results")
+    assert (
+        embed(synthetic, "-i", write_lines(tmp_path / "good.txt", TEXTS[:3]), "-o", existing) == 0
+    )
+    earlier = existing.read_bytes()
     assert embed(synthetic, "-i", source, "-o", existing, "--chunk-lines", "2") == 1
-    assert existing.read_bytes() == b"earlier results"
+    assert existing.read_bytes() == earlier
     assert leftovers(tmp_path) == []
 
 

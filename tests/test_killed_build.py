@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -76,6 +77,9 @@ def test_an_interrupt_between_the_swaps_renames_keeps_the_old_bundle(tmp_path, m
     import fastelectra.bundle as bundle
 
     out = _leftover(tmp_path / "out", ("old.onnx",))
+    # A bundle: the only kind of directory `staged_directory` replaces.
+    meta = {"format": "fastelectra-bundle", "files": {"old.onnx": "sha256"}}
+    (out / "fastelectra.json").write_text(json.dumps(meta))
     renames = []
 
     def interrupted_second(src, dst):
@@ -88,7 +92,7 @@ def test_an_interrupt_between_the_swaps_renames_keeps_the_old_bundle(tmp_path, m
     with pytest.raises(KeyboardInterrupt), bundle.staged_directory(out) as staging:
         (staging / "new.onnx").write_text("x")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    assert [p.name for p in out.iterdir()] == ["old.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["fastelectra.json", "old.onnx"]
 
 
 def test_the_lock_dies_with_its_process(tmp_path):

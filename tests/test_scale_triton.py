@@ -101,7 +101,13 @@ def test_default_export_parses_as_triton_model_config(tiny_bundle, tmp_path):
 def test_repository_files(tiny_bundle, tmp_path):
     model_dir = export_triton(tiny_bundle, tmp_path / "repo")
 
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "1",
+        "config.pbtxt",
+        triton.MARKER_FILE,
+    ]
+    marker = json.loads((model_dir / triton.MARKER_FILE).read_text())
+    assert marker["files"] == ["1/model.onnx", "1/tokenizer.json", "config.pbtxt"]
     version = model_dir / "1"
     assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "tokenizer.json"]
     model = version / "model.onnx"

@@ -245,8 +245,35 @@ def test_info_reports_bundle_verification_and_limits(server, tiny_bundle):
     limits = info["limits"]
     assert limits["max_inputs"] == MAX_INPUTS
     assert limits["max_input_chars"] == MAX_INPUT_CHARS
-    assert limits["max_batch_tokens"] == 16384
+    assert limits["max_batch_tokens"] == 4096
     assert limits["max_wait_ms"] == 100
+
+
+def test_info_shows_no_absolute_path(server, tiny_bundle):
+    info = server_info(server)
+    assert info["bundle"]["name"] == tiny_bundle.name
+    assert (
+        info["bundle"]["meta"]["source"]
+        == Path(json.loads((tiny_bundle / "fastelectra.json").read_text())["source"]).name
+    )
+
+    def strings(value: object) -> Iterator[str]:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+
+    assert not [s for s in strings(info) if s.startswith("/") or str(tiny_bundle) in s]
+
+
+def test_docs_pages_are_off_and_the_schema_is_local(server):
+    assert httpx.get(f"{server.url}/docs", headers=AUTH, timeout=10).status_code == 404
+    schema = httpx.get(f"{server.url}/openapi.json", headers=AUTH, timeout=10)
+    assert schema.status_code == 200 and "/v1/embeddings" in schema.json()["paths"]
 
 
 def test_health_needs_no_key_and_metrics_are_exposed(server):
@@ -393,26 +420,27 @@ def test_a_full_queue_answers_429_with_retry_after(tiny_bundle, encoder, tmp_pat
     # The key comes from the environment this time.
     srv = Server(
         tiny_bundle, tmp_path / "queue.log", "--max-queue", "1",
+        # Long steps (128 rows of 512 tokens), so that the small requests meet one.
+        "--max-batch-tokens", "65536", "--max-batch-size", "128",
         env={"FASTELECTRA_API_KEY": API_KEY},
     )  # fmt: skip
     srv.wait_ready()
     try:
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(4) as small_pool:
             big_request = {"inputs": big_request_texts(encoder), "truncate": True}
             big = pool.submit(post, srv, "/embed", big_request)
             srv.wait_for_metric("fastelectra_running_requests", 1, AUTH)
-            queued = pool.submit(post, srv, "/embed", {"inputs": ["queued"]})
-            srv.wait_for_metric("fastelectra_queue_depth", 1, AUTH)
-
-            refused = post(srv, "/embed", {"inputs": ["one too many"]})
-            assert refused.status_code == 429
-            assert int(refused.headers["retry-after"]) >= 1
-            assert refused.json()["error_type"] == "Overloaded"
-            assert error_code(refused) == "max_queue"
+            # Sent together during one long step: one may wait, the others are refused.
+            small = [{"inputs": [f"small {i}"]} for i in range(4)]
+            answers = list(small_pool.map(lambda body: post(srv, "/embed", body), small))
+            refused = [r for r in answers if r.status_code == 429]
+            assert refused and all(r.status_code in (200, 429) for r in answers)
+            assert int(refused[0].headers["retry-after"]) >= 1
+            assert refused[0].json()["error_type"] == "Overloaded"
+            assert error_code(refused[0]) == "max_queue"
 
             assert big.result().status_code == 200
             assert len(big.result().json()) == 512
-            assert queued.result().status_code == 200
         assert post(srv, "/embed", {"inputs": ["after"]}, headers={}).status_code == 401
     finally:
         assert srv.stop() == 0, srv.output()
@@ -434,6 +462,68 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_bundle, encoder
     np.testing.assert_allclose(got[-3:], want, atol=1e-5)
     assert srv.process.wait(timeout=30) == 0, srv.output()
     assert "Application shutdown complete" in srv.output()
+
+
+def test_shutdown_past_its_timeout_answers_json_503_and_exits_in_time(
+    tiny_bundle, encoder, tmp_path
+):
+    srv = Server(tiny_bundle, tmp_path / "timeout.log", "--shutdown-timeout", "0.5")
+    srv.wait_ready()
+    texts = big_request_texts(encoder)  # several seconds of model time: past the timeout
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(post, srv, "/embed", {"inputs": texts, "truncate": True}, {})
+        srv.wait_for_metric("fastelectra_running_requests", 1, {})
+        signalled = time.monotonic()
+        srv.process.send_signal(signal.SIGTERM)
+        response = in_flight.result()
+        assert srv.process.wait(timeout=30) == 0, srv.output()
+        exited_after = time.monotonic() - signalled
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert error_code(response) == "shutting_down"
+    # The timeout, the one model run it cannot cut, and the interpreter's exit.
+    assert exited_after < 0.5 + 5, (exited_after, srv.output())
+    assert "Traceback" not in srv.output()
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--api-key", ""], {}, "--api-key gives an empty API key"),
+        (["--api-key", "   "], {}, "--api-key gives an empty API key"),
+        ([], {"FASTELECTRA_API_KEY": ""}, "$FASTELECTRA_API_KEY gives an empty API key"),
+        (["--api-key-file", "EMPTY"], {}, "gives an empty API key"),
+        (["--port", "99999"], {}, "a port is a number from 0 to 65535"),
+        (["--port", "-1"], {}, "a port is a number from 0 to 65535"),
+    ],
+)
+def test_serve_refuses_to_start_with_an_empty_key_or_a_bad_port(
+    tiny_bundle, tmp_path, flags, env, message
+):
+    (tmp_path / "EMPTY").write_text("\n")
+    flags = [str(tmp_path / f) if f == "EMPTY" else f for f in flags]
+    done = subprocess.run(
+        [sys.executable, "-m", "fastelectra.cli", "serve", str(tiny_bundle), *flags],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+
+
+def test_the_api_key_can_come_from_a_file(tiny_bundle, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{API_KEY}\n")
+    srv = Server(tiny_bundle, tmp_path / "keyfile.log", "--api-key-file", str(key_file))
+    srv.wait_ready()
+    try:
+        assert post(srv, "/embed", {"inputs": ["x"]}, headers={}).status_code == 401
+        assert post(srv, "/embed", {"inputs": ["x"]}).status_code == 200
+        assert API_KEY not in " ".join(srv.process.args)  # not in the process list
+    finally:
+        assert srv.stop() == 0, srv.output()
 
 
 def test_a_damaged_bundle_fails_at_load_and_exits_1(tiny_bundle, tmp_path):
@@ -523,22 +613,78 @@ def test_a_lone_client_does_not_pay_the_wait():
     assert [len(run) for run in model.runs] == [1, 1, 1, 8]
 
 
-def test_batcher_units_are_capped_by_rows_and_tokens():
+def test_batcher_steps_are_capped_by_rows_and_padded_tokens():
     model = RecordingModel()
-    long_request = [encoding(*range(60))]  # with four 1-token requests: 64 tokens, the cap
+    long_request = [encoding(*range(60))]  # 60 padded tokens: alone within the cap of 64
     small = [[encoding(1)] for _ in range(12)]
-    too_big = [encoding(i) for i in range(10)]  # 10 rows > 8: a unit of its own
+    too_big = [encoding(i) for i in range(10)]  # 10 rows > 8: cut into two runs
 
-    async def scenario() -> None:
+    async def scenario() -> list[np.ndarray]:
         batcher = make_batcher(model)
         batcher.start()
         jobs = [long_request, *small, too_big]
-        await asyncio.gather(*(batcher.embed(r) for r in jobs))
+        results = await asyncio.gather(*(batcher.embed(r) for r in jobs))
         await batcher.close()
+        return results
 
-    asyncio.run(scenario())
-    assert [len(run) for run in model.runs] == [5, 8, 10]
-    assert model.runs[0][0] == tuple(range(60))
+    results = asyncio.run(scenario())
+    for run in model.runs:
+        assert len(run) <= 8 and (len(run) == 1 or len(run) * max(map(len, run)) <= 64)
+    assert model.runs[0] == [tuple(range(60))]
+    assert sum(map(len, model.runs)) == 1 + 12 + 10
+    np.testing.assert_array_equal(results[-1], expected(*too_big))
+
+
+def test_a_short_request_waits_for_one_run_not_for_a_large_request():
+    """Least-served first: a request arriving while a large one runs joins the next step."""
+    model = RecordingModel(delay_s=0.05)
+    large = [encoding(*range(100 + i, 108 + i)) for i in range(40)]  # 40 rows: 5+ steps of 8
+    other_large = [encoding(*range(200 + i, 208 + i)) for i in range(40)]
+    short = [encoding(7, 7)]
+
+    async def scenario() -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        batcher = make_batcher(model, max_wait_s=0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.embed(large))
+        second = asyncio.ensure_future(batcher.embed(other_large))
+        while not model.runs:
+            await asyncio.sleep(0.001)
+        runs_before = len(model.runs)
+        quick = await batcher.embed(short)
+        runs_until_answered = len(model.runs) - runs_before
+        results = await asyncio.gather(first, second)
+        await batcher.close()
+        return *results, quick, runs_before, runs_until_answered
+
+    first, second, quick, runs_before, runs_until_answered = asyncio.run(scenario())
+    assert runs_until_answered <= 2, (runs_before, runs_until_answered)
+    np.testing.assert_array_equal(quick, expected(*short))
+    np.testing.assert_array_equal(first, expected(*large))
+    np.testing.assert_array_equal(second, expected(*other_large))
+    # The two large requests took turns rather than one waiting for the other to finish.
+    owners = [{row[0] // 100 for row in run if len(row) == 8} for run in model.runs]
+    big = [o.pop() for o in owners if len(o) == 1]
+    assert big[:4] == [1, 2, 1, 2] and abs(big.count(1) - big.count(2)) <= 1
+
+
+def test_shutdown_answers_unfinished_requests_within_its_timeout():
+    model = RecordingModel(delay_s=0.1)
+    large = [encoding(i, i) for i in range(200)]  # 25 runs of 0.1 s: longer than the timeout
+
+    async def scenario() -> tuple[BaseException | None, float]:
+        batcher = make_batcher(model, max_wait_s=0)
+        batcher.start()
+        pending = asyncio.ensure_future(batcher.embed(large))
+        while not model.runs:
+            await asyncio.sleep(0.001)
+        started = time.perf_counter()
+        await batcher.close(timeout_s=0.5)
+        took = time.perf_counter() - started
+        return pending.exception(), took
+
+    error, took = asyncio.run(scenario())
+    assert isinstance(error, BatcherClosed)
+    assert took < 0.5 + 0.1 + 0.2  # the timeout, at most one run, and slack
 
 
 def test_a_failing_batch_fails_only_the_request_that_fails_alone():
@@ -561,7 +707,7 @@ def test_a_failing_batch_fails_only_the_request_that_fails_alone():
     assert isinstance(results[1], RuntimeError)
     for request, result in zip(good, [results[0], *results[2:]], strict=True):
         np.testing.assert_array_equal(result, expected(*request))
-    assert len(model.runs) == 1 + 4  # the shared run, then each request alone
+    assert len(model.runs) == 1 + 4  # the shared step, then each request alone
 
 
 def test_batcher_queue_limit_and_close():

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fastelectra.bundle import (
+    BUNDLE,
     META_FILE,
     BundleMeta,
     load_bundle,
@@ -30,6 +31,7 @@ from fastelectra.bundle import (
     write_json_atomic,
 )
 from fastelectra.cpu import this_cpu
+from fastelectra.destinations import check_directory
 from fastelectra.errors import InputError
 from fastelectra.workdirs import remove_abandoned, scratch_directory
 
@@ -69,6 +71,7 @@ def build_auto(
     if build_options.pop("force", False):
         raise InputError("--precision auto keeps only candidates that pass their gate (no --force)")
     out = Path(out)
+    check_directory(out, BUNDLE, sources=[source])  # before any work (see `destinations`)
     max_positions = 0
     figures: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}

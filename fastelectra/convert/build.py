@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fastelectra.bundle import (
+    BUNDLE,
     MODEL_FILE,
     TOKENIZER_FILE,
     VERIFICATION_FILE,
@@ -30,6 +31,7 @@ from fastelectra.bundle import (
 )
 from fastelectra.convert.console import captured_output, printer
 from fastelectra.convert.steps import Steps, mb
+from fastelectra.destinations import check_directory
 from fastelectra.errors import FastElectraError
 from fastelectra.precisions import FP32, SMOOTHING_OFF, precision_named
 from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_directory
@@ -120,6 +122,8 @@ def build(
     started = time.perf_counter()
     say = progress or (lambda _message: None)
     out = Path(out)
+    # Before any work: `out` may only be new, empty, or a bundle of ours (never the source).
+    check_directory(out, BUNDLE, sources=[source])
     texts = read_texts(verify_texts) if verify_texts else default_texts()
     for leftover in remove_abandoned(out):
         say(f"removed {leftover.name}, left beside {out} by a killed build")

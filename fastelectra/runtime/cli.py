@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 from fastelectra.errors import InputError, UsageError
 from fastelectra.runtime.lines import STDIO, read_line_chunks
 from fastelectra.runtime.writers import make_writer, open_output
+from fastelectra.workdirs import cleanup_on_signals
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,6 +138,7 @@ def positive_int(value: str) -> int:
     return number
 
 
+@cleanup_on_signals()  # SIGTERM removes the partial output before the process ends
 def run_embed(args: argparse.Namespace) -> int:
     if args.ray:
         from fastelectra.scale.cli import embed_on_ray

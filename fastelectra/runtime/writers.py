@@ -2,6 +2,8 @@
 
 `open_output` gives a temporary file beside the target that is renamed into place only on
 success: an error or an interrupt leaves no half-written file, and an existing file untouched.
+It replaces only a file of the output's own format (`output_kind`, `fastelectra.destinations`),
+checked before any work and again before the rename.
 The writers append one chunk of vectors at a time, so memory stays bounded whatever the row
 count; `finish` returns the rows written.
 """
@@ -17,8 +19,43 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from fastelectra.destinations import FileKind, check_file, starts_with
+
 if TYPE_CHECKING:
     import numpy as np
+
+# numpy's .npy files begin with this (numpy.lib.format.MAGIC_PREFIX).
+NPY_MAGIC = b"\x93NUMPY"
+# The first line of a JSONL output (a record holds one vector) fits in this many bytes.
+FIRST_LINE_BYTES = 1 << 22
+
+
+def is_embeddings_jsonl(path: Path) -> bool:
+    """An empty file, or one whose first line is a `JsonlWriter` record."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(FIRST_LINE_BYTES)
+    except OSError:
+        return False
+    if not head:
+        return True
+    line, newline, _ = head.partition(b"\n")
+    if not newline and len(head) == FIRST_LINE_BYTES:
+        return False
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and {"index", "embedding"} <= record.keys()
+
+
+NPY = FileKind("a .npy file", lambda path: starts_with(path, NPY_MAGIC))
+JSONL = FileKind("a JSONL file of embeddings", is_embeddings_jsonl)
+
+
+def output_kind(path: str | os.PathLike[str]) -> FileKind:
+    """The format `make_writer` writes to `path`: .npy, else JSONL."""
+    return NPY if Path(path).suffix.lower() == ".npy" else JSONL
 
 
 @contextlib.contextmanager
@@ -30,6 +67,8 @@ def open_output(path: str | None) -> Iterator[BinaryIO]:
         sys.stdout.buffer.flush()
         return
     target = Path(path)
+    kind = output_kind(target)
+    check_file(target, kind)
     try:
         fd, tmp_name = tempfile.mkstemp(
             prefix=f".{target.name}.", suffix=".partial", dir=target.parent
@@ -44,6 +83,7 @@ def open_output(path: str | None) -> Iterator[BinaryIO]:
             os.fsync(stream.fileno())  # the data is on disk before the name points at it
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
         os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else default_mode())
+        check_file(target, kind)  # nothing else took its place meanwhile
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -133,6 +173,6 @@ def make_writer(
     path: str | None, stream: BinaryIO, hidden: int, include_text: bool
 ) -> NpyWriter | JsonlWriter:
     """The writer for `path`'s format: .npy, else JSONL (stdout, for None, is JSONL)."""
-    if path is not None and Path(path).suffix.lower() == ".npy":
+    if path is not None and output_kind(path) is NPY:
         return NpyWriter(stream, hidden)
     return JsonlWriter(stream, include_text)

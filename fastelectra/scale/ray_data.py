@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fastelectra.destinations import FileKind, check_file, starts_with
 from fastelectra.errors import InputError
 from fastelectra.runtime.encoder import POOLINGS
 from fastelectra.runtime.lines import read_line_chunks
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 EMBEDDING_COLUMN = "embedding"
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# Parquet files begin (and end) with these four bytes.
+PARQUET = FileKind("a Parquet file", lambda path: starts_with(path, b"PAR1"))
 # Lines per object a text file is put into Ray as: enough that per-object overhead does not
 # matter, few enough that the driver holds little of the file at a time. The pipeline cuts
 # them into batch_size rows for the actors.
@@ -122,6 +125,7 @@ def embed_corpus(
     from fastelectra.bundle import load_bundle
 
     load_bundle(bundle, verify_hashes=False)
+    check_file(output_path, PARQUET)  # before any work: replace only a Parquet file
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -224,6 +228,7 @@ def write_parquet(
         else:
             writer.close()
             writer = None
+        check_file(output, PARQUET)  # nothing else took its place meanwhile
         os.replace(tmp, output)
     finally:
         if writer is not None:

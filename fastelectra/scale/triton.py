@@ -5,9 +5,13 @@
     REPO/<name>/1/model.onnx.data       its external weights, if the bundle has them
     REPO/<name>/1/tokenizer.json        for clients: Triton takes token ids, not text
     REPO/<name>/1/calibration.flatbuffers   only where the TensorRT config names it (below)
+    REPO/<name>/fastelectra-triton.json     the marker: every file above, by relative path
 
 The model directory is staged beside its final place and renamed into it, so a Triton server
-polling the repository never sees a half-written model.
+polling the repository never sees a half-written model. An existing `REPO/<name>` is replaced
+only if it is empty or a model folder this project wrote with nothing added (its marker names
+every file in it): a model folder of the user's is refused, never overwritten
+(`fastelectra.destinations`).
 
 TensorRT (on KIND_GPU instances) gets the precision the bundle was verified at: FP16 for fp16
 bundles, INT8 for int8-static ones, FP32 otherwise. int8-static bundles hold a QDQ model: its
@@ -19,6 +23,7 @@ creation fail (TensorRT refuses dynamic ranges in a network with Q/DQ layers). S
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -34,6 +39,7 @@ from fastelectra.bundle import (
     load_bundle,
     staged_directory,
 )
+from fastelectra.destinations import DirectoryKind, check_directory
 from fastelectra.errors import DependencyMissing, InputError
 from fastelectra.precisions import precision_named
 
@@ -41,6 +47,8 @@ if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 CONFIG_FILE = "config.pbtxt"
+MARKER_FILE = "fastelectra-triton.json"
+MARKER_FORMAT = "fastelectra-triton-model"
 VERSION = "1"
 KINDS = ("KIND_GPU", "KIND_CPU")
 TRITON_TYPES = {"int32": "TYPE_INT32", "int64": "TYPE_INT64"}
@@ -112,13 +120,14 @@ def export_triton(
             " '.' or '-'); pass --name"
         )
     repo = Path(repository).absolute()
+    check_directory(repo / name, TRITON_MODEL, sources=[source.path])  # before any copying
     server_repository = options.server_repository or str(repo)
     table = calibration_table_for_tensorrt(source) if options.uses_tensorrt else None
     server_table = (
         f"{server_repository.rstrip('/')}/{name}/{VERSION}/{table.name}" if table else None
     )
     config = model_config(source, name, options, server_table)
-    with staged_directory(repo / name) as staging:
+    with staged_directory(repo / name, TRITON_MODEL) as staging:
         # The staging directory is private (mkdtemp: 0700); a Triton server running as another
         # user must be able to read the model directory it becomes.
         staging.chmod(0o777 & ~current_umask())
@@ -133,7 +142,37 @@ def export_triton(
         (staging / CONFIG_FILE).write_text(
             config_header(source) + config_text(config), encoding="utf-8"
         )
+        write_marker(staging)
     return repo / name
+
+
+def write_marker(folder: Path) -> None:
+    """Name every file under `folder` in its marker, so a later export knows what it owns."""
+    files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if not path.is_dir())
+    marker = {"format": MARKER_FORMAT, "files": files}
+    (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def foreign_model_entries(folder: Path) -> list[str] | None:
+    """The entries under a model folder of ours that its marker does not name; None if
+    `folder` is not one (no readable marker)."""
+    try:
+        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+        return None
+    ours = {MARKER_FILE, *marker.get("files", [])}
+    # Directories are ours when they hold only our files; a file (or link) must be named.
+    return sorted(
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if not path.is_dir() or path.is_symlink()
+        if str(path.relative_to(folder)) not in ours
+    )
+
+
+TRITON_MODEL = DirectoryKind("a Triton model folder written by fastelectra", foreign_model_entries)
 
 
 def model_config(

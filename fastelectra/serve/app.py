@@ -59,7 +59,15 @@ def create_app(config: ServeConfig, on_fatal: Callable[[str], None] | None = Non
                     await loading
             await service.stop()
 
-    app = FastAPI(title="fastelectra", version=__version__, lifespan=lifespan)
+    # No /docs or /redoc: their pages load scripts from a public CDN, blank offline. The schema
+    # stays at /openapi.json for any local viewer.
+    app = FastAPI(
+        title="fastelectra",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.service = service
     app.state.metrics = metrics
     _install_error_handlers(app)

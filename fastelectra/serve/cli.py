@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from fastelectra.errors import UsageError
+
 API_KEY_ENV = "FASTELECTRA_API_KEY"
 log = logging.getLogger("fastelectra.serve")
 
@@ -25,11 +27,16 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     defaults = Limits()
     p.add_argument("bundle", help="bundle directory (from `fastelectra build`)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument(
+    p.add_argument("--port", type=port_number, default=8080, help="0-65535 (0: any free port)")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument(
         "--api-key",
-        help=f"require 'Authorization: Bearer KEY' on every route but /health "
-        f"(default: ${API_KEY_ENV} if set)",
+        help=f"require 'Authorization: Bearer KEY' on every route but /health (default: "
+        f"${API_KEY_ENV} if set; an argument shows in the process list, so prefer the variable "
+        "or --api-key-file)",
+    )
+    keys.add_argument(
+        "--api-key-file", metavar="FILE", help="read the API key from the first line of FILE"
     )
     p.add_argument("--model-name", help="the model name in responses (default: bundle dir name)")
     p.add_argument(
@@ -81,13 +88,14 @@ def run_serve(args: argparse.Namespace) -> int:
     from fastelectra.bundle import load_bundle
     from fastelectra.serve.app import create_app
     from fastelectra.serve.config import Limits, ServeConfig
+    from fastelectra.serve.server import DRAIN_MARGIN_S, DrainingServer
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     bundle = Path(args.bundle)
     load_bundle(bundle, verify_hashes=False)  # a wrong path fails here, before the port opens
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    api_key = resolve_api_key(args.api_key, args.api_key_file, os.environ.get(API_KEY_ENV))
     if api_key is None and not is_loopback(args.host):
         log.warning(
             "serving on %s without an API key: anyone who can reach it may use it", args.host
@@ -124,15 +132,19 @@ def run_serve(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    server = uvicorn.Server(
+    app = create_app(config, on_fatal=on_fatal)
+    server = DrainingServer(
         uvicorn.Config(
-            create_app(config, on_fatal=on_fatal),
+            app,
             host=args.host,
             port=args.port,
             log_level=args.log_level,
             access_log=args.access_log,
-            timeout_graceful_shutdown=config.limits.shutdown_timeout_s,
-        )
+            # A backstop only: the service answers every request within its own timeout
+            # (`DrainingServer`), plus the one model run that cannot be cut.
+            timeout_graceful_shutdown=config.limits.shutdown_timeout_s + DRAIN_MARGIN_S,
+        ),
+        app.state.service,
     )
     # uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal to whatever
     # handler was installed before it; with Python's defaults the process would then die of
@@ -144,6 +156,39 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"fastelectra serve: error: {failure[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}")
+    return port
+
+
+def resolve_api_key(given: str | None, key_file: str | None, environment: str | None) -> str | None:
+    """The API key from --api-key, --api-key-file or the environment, in that order; None for
+    none given. An empty or blank key is refused: serving openly must never be an accident
+    (`--api-key "$KEY"` with KEY unset)."""
+    if key_file is not None:
+        try:
+            lines = Path(key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--api-key-file {key_file}: cannot read it ({e})") from e
+        given, origin = (lines[0] if lines else ""), f"--api-key-file {key_file}"
+    elif given is not None:
+        origin = "--api-key"
+    elif environment is not None:
+        given, origin = environment, f"${API_KEY_ENV}"
+    else:
+        return None
+    if not given.strip():
+        raise UsageError(
+            f"{origin} gives an empty API key; give a key, or none at all to serve without one"
+        )
+    return given
 
 
 def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:

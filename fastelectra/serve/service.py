@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,13 @@ from fastelectra.serve.metrics import ServerMetrics
 from fastelectra.serve.overhead import measure_overhead_tokens
 
 log = logging.getLogger("fastelectra.serve")
+
+
+def is_path(source: str) -> bool:
+    """Whether a bundle's `source` is an absolute path of the machine that built it (a TF Hub
+    handle such as ``google/electra_large/1`` or a URL is not)."""
+    return PurePath(source).is_absolute() or source.startswith("~")
+
 
 # Requests with fewer characters than this are tokenized on the event loop: about 1 ms of
 # tokenizer time (~0.2 us a character here), less than a round trip to a worker thread costs
@@ -221,14 +229,17 @@ class EmbeddingService:
     # -- /info ---------------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
+        """What /info shows: the bundle by name, never a path of the serving machine."""
         meta = self.bundle.meta
+        shown = meta.to_json()
+        shown["source"] = PurePath(meta.source).name if is_path(meta.source) else meta.source
         return {
             "model": self.config.model_name,
             "status": self.status,
             "version": __version__,
             "bundle": {
-                "path": str(self.bundle.path),
-                "meta": meta.to_json(),
+                "name": self.bundle.path.absolute().name,
+                "meta": shown,
                 "verification": self.bundle.verification,
             },
             "dimensions": meta.dimensions.hidden,
