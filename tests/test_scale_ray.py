@@ -7,8 +7,8 @@ the Serve test, whose replica holds a CPU until the test shuts Serve down.
 
 from __future__ import annotations
 
-import base64
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +23,6 @@ from pydantic import ValidationError
 from ray import serve
 
 from fastelectra.runtime import Encoder
-from fastelectra.runtime.tokenizer import WordPieceTokenizer
 from fastelectra.scale import ray_data
 from fastelectra.scale.ray_data import embed_corpus
 from fastelectra.scale.ray_serve import AppArgs, app_builder, build_app
@@ -169,62 +168,92 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_http_and_handle_equal_direct_embeddings(local_ray, tiny_bundle, encoder):
+# The same requests to `fastelectra serve` and to the Ray Serve deployment: (path, body).
+SAME_TABLE: list[tuple[str, object]] = [
+    ("/v1/embeddings", {"input": corpus(10, seed=2), "model": "any"}),
+    ("/v1/embeddings", {"input": "one text", "encoding_format": "base64"}),
+    ("/v1/embeddings", {"input": ["truncated to eight"], "dimensions": 8}),
+    ("/v1/embeddings", {"input": []}),
+    ("/v1/embeddings", {"input": ["a"] * 13}),
+    ("/v1/embeddings", {"input": ["fox " * 600]}),
+    ("/v1/embeddings", {"input": ["a" * 5001]}),
+    ("/v1/embeddings", {"input": 3}),
+    ("/v1/embeddings", {"input": ["x"], "dimensions": 100000}),
+    ("/embed", {"inputs": ["a b c", "d"]}),
+    ("/embed", {"inputs": ["fox " * 600], "truncate": True, "normalize": False}),
+    ("/embed", {"inputs": []}),
+    ("/embed", {"inputs": "x", "truncation_direction": "Left"}),
+]
+LIMIT_FLAGS = ["--max-inputs", "12", "--max-input-chars", "5000"]
+
+
+def answers(base_url: str) -> list[tuple[int, object]]:
+    with httpx.Client(timeout=TIMEOUT_S) as client:
+        return [
+            (r.status_code, r.json())
+            for r in (client.post(base_url + path, json=body) for path, body in SAME_TABLE)
+        ]
+
+
+def assert_same(served: object, ray_served: object) -> None:
+    """Equal JSON, floats within 1e-5 (two processes, the same model and code)."""
+    if isinstance(served, float):
+        assert ray_served == pytest.approx(served, abs=1e-5)
+    elif isinstance(served, dict):
+        assert isinstance(ray_served, dict) and served.keys() == ray_served.keys()
+        for key in served:
+            assert_same(served[key], ray_served[key])
+    elif isinstance(served, list):
+        assert isinstance(ray_served, list) and len(served) == len(ray_served)
+        for a, b in zip(served, ray_served, strict=True):
+            assert_same(a, b)
+    else:
+        assert served == ray_served
+
+
+def test_ray_serve_answers_as_fastelectra_serve(local_ray, tiny_bundle, encoder, tmp_path):
+    """One table of requests through both: the same statuses, bodies and error codes."""
+    from test_serve import Server
+
+    served = Server(tiny_bundle, tmp_path / "serve.log", *LIMIT_FLAGS)
+    served.wait_ready()
+    try:
+        expected = answers(served.url)
+    finally:
+        assert served.stop() == 0, served.output()
+    assert [status for status, _ in expected] == [
+        200, 200, 200, 422, 413, 413, 413, 422, 422, 200, 200, 422, 422,
+    ]  # fmt: skip
+
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         handle = serve.run(
-            # A long wait so that the concurrent calls below are sure to share batches.
-            build_app(
-                tiny_bundle,
-                max_batch_size=8,
-                batch_wait_timeout_s=0.25,
-                max_inputs=12,
-                max_input_chars=5000,
-            ),
+            build_app(tiny_bundle, max_inputs=12, max_input_chars=5000),
             name="fastelectra-test",
             route_prefix="/",
         )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + TIMEOUT_S
+        while httpx.get(f"{url}/health", timeout=TIMEOUT_S).status_code != 200:
+            assert time.monotonic() < deadline, "the replica never became ready"
+            time.sleep(0.1)
+        got = answers(url)
+        for (path, body), want, have in zip(SAME_TABLE, expected, got, strict=True):
+            assert have[0] == want[0], (path, body, want, have)
+            assert_same(want[1], have[1])
+
         texts = corpus(10, seed=2)
-        expected = encoder.embed(texts, pooling="mean", normalize=True)
-        url = f"http://127.0.0.1:{port}/v1/embeddings"
-        with httpx.Client(timeout=TIMEOUT_S) as client:
-            body = client.post(url, json={"input": texts, "model": "any"}).raise_for_status().json()
-            assert body["object"] == "list"
-            assert body["model"] == tiny_bundle.name
-            assert [d["index"] for d in body["data"]] == list(range(len(texts)))
-            got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
-            np.testing.assert_allclose(got, expected, atol=1e-5)
-            tokenizer = WordPieceTokenizer.from_file(tiny_bundle / "tokenizer.json")
-            tokens = int(tokenizer.token_count(texts).sum())
-            assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
-
-            one = client.post(url, json={"input": texts[3], "encoding_format": "base64"})
-            packed = one.raise_for_status().json()["data"][0]["embedding"]
-            unpacked = np.frombuffer(base64.b64decode(packed), dtype="<f4")
-            np.testing.assert_allclose(unpacked, expected[3], atol=1e-5)
-
-            assert client.post(url, json={"input": []}).status_code == 400
-            assert client.post(url, json={"input": ["a"] * 13}).status_code == 413
-            too_long = client.post(url, json={"input": ["fox " * 600]})
-            assert too_long.status_code == 413 and "512 tokens" in too_long.text
-            huge = client.post(url, json={"input": ["a" * 5001]})
-            assert huge.status_code == 413 and "5000 characters" in huge.text
-            assert client.post(url, json={"input": 3}).status_code == 422
-
-        got = handle.embed.remote(texts).result(timeout_s=TIMEOUT_S)
-        assert got.dtype == np.float32
-        np.testing.assert_allclose(got, expected, atol=1e-5)
-        # Ten one-text calls in flight at once share model runs: Serve's batching at work.
-        before = handle.batching_stats.remote().result(timeout_s=TIMEOUT_S)
+        direct = encoder.embed(texts, pooling="mean", normalize=True)
+        vectors = handle.embed.remote(texts).result(timeout_s=TIMEOUT_S)
+        assert vectors.dtype == np.float32
+        np.testing.assert_allclose(vectors, direct, atol=1e-5)
+        # Ten one-text calls in flight at once: each gets its own vector from shared runs.
         responses = [handle.embed.remote([text]) for text in texts]
-        for text_expected, response in zip(expected, responses, strict=True):
-            got = response.result(timeout_s=TIMEOUT_S)
-            np.testing.assert_allclose(got[0], text_expected, atol=1e-5)
-        after = handle.batching_stats.remote().result(timeout_s=TIMEOUT_S)
-        assert after["texts"] - before["texts"] == len(texts)
-        assert after["batches"] - before["batches"] <= 3
-        assert after["largest_batch"] == 8  # never more than max_batch_size
+        for text_expected, response in zip(direct, responses, strict=True):
+            np.testing.assert_allclose(
+                response.result(timeout_s=TIMEOUT_S)[0], text_expected, atol=1e-5
+            )
     finally:
         serve.shutdown()
 

@@ -72,9 +72,8 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pooling",
         choices=POOLINGS,
-        default=embed_defaults["pooling"].default,
-        help="the model's pooled_output, the [CLS] vector, or the mean over tokens "
-        "(default %(default)s)",
+        help="the model's pooled_output, the [CLS] vector, or the mean over tokens (default: "
+        "the bundle's, mean unless built otherwise; the same for embed, serve and the API)",
     )
     parser.add_argument("--normalize", action="store_true", help="scale vectors to unit length")
     parser.add_argument(
@@ -238,7 +237,8 @@ def report(
     if not args.quiet and args.output not in (None, STDIO):
         print(
             f"fastelectra embed: wrote {rows} embeddings of {encoder.hidden} floats "
-            f"({args.pooling} pooling{', normalized' if args.normalize else ''}) to {args.output}",
+            f"({args.pooling or encoder.meta.pooling} pooling"
+            f"{', normalized' if args.normalize else ''}) to {args.output}",
             file=sys.stderr,
         )
 

@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 
+from fastelectra.bundle import POOLINGS as POOLINGS  # re-exported: the runtime's choices
 from fastelectra.bundle import Bundle, BundleError, BundleMeta, load_bundle
 from fastelectra.errors import InputError
 from fastelectra.runtime.batching import Batch, check_batch_limits, iter_batches
@@ -29,7 +30,6 @@ from fastelectra.runtime.tokenizer import Encoding, WordPieceTokenizer, check_te
 
 Pooling = Literal["pooled", "cls", "mean"]
 Long = Literal["truncate", "chunk", "error"]
-POOLINGS: tuple[str, ...] = ("pooled", "cls", "mean")
 LONG_MODES: tuple[str, ...] = ("truncate", "chunk", "error")
 
 # A max_length the tokenizer never reaches: "do not truncate".
@@ -220,7 +220,7 @@ class Encoder:
     def embed(
         self,
         texts: Sequence[str],
-        pooling: Pooling = "pooled",
+        pooling: Pooling | None = None,
         normalize: bool = False,
         batch_size: int = 32,
         long: Long = "truncate",
@@ -231,12 +231,15 @@ class Encoder:
         Args:
             pooling: ``"pooled"`` (the model's pooled_output), ``"cls"`` (sequence_output at
                 [CLS]) or ``"mean"`` (mean of sequence_output over the text's tokens, [CLS] and
-                [SEP] included, as sentence-transformers computes it).
+                [SEP] included, as sentence-transformers computes it); None: the bundle's
+                `pooling` (``"mean"`` unless it was built otherwise), the default of every
+                entry point.
             normalize: scale each vector to unit L2 norm.
             long: texts over `max_length` tokens are cut with one warning per call
                 (``"truncate"``), rejected (``"error"``), or embedded as overlapping windows
                 whose vectors are averaged, weighted by window length (``"chunk"``).
         """
+        pooling = self.meta.pooling if pooling is None else pooling
         check_choice("pooling", pooling, POOLINGS)
         check_choice("long", long, LONG_MODES)
         check_batch_limits(batch_size, max_batch_tokens)

@@ -14,6 +14,7 @@ from pathlib import Path
 from fastelectra.errors import DependencyMissing, UsageError
 from fastelectra.runtime.lines import STDIO
 from fastelectra.scale.triton import KINDS, TritonOptions
+from fastelectra.workdirs import cleanup_on_signals
 
 RAY_MODULE = "fastelectra.scale.ray_data"
 # embed options that `embed_corpus` has no parameter for, and their "not given" values.
@@ -72,6 +73,7 @@ def add_export_triton_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@cleanup_on_signals()  # SIGTERM removes the staged model folder before the process ends
 def run_export_triton(args: argparse.Namespace) -> int:
     from fastelectra.scale.triton import export_triton
 

@@ -49,7 +49,7 @@ class EmbedTexts:
         bundle: str,
         *,
         text_column: str,
-        pooling: str,
+        pooling: str | None,
         normalize: bool,
         batch_size: int,
         threads: int,
@@ -84,7 +84,7 @@ def embed_corpus(
     input_path: str,
     output_path: str,
     *,
-    pooling: str = "mean",
+    pooling: str | None = None,
     normalize: bool = True,
     batch_size: int = 64,
     replicas: int = 1,
@@ -102,7 +102,7 @@ def embed_corpus(
             `text_column`.
         output_path: the Parquet file to write: the input's columns plus `embedding`
             (list<float32>), one row per input row, in input order.
-        pooling / normalize: as `Encoder.embed`.
+        pooling / normalize: as `Encoder.embed` (pooling None: the bundle's).
         batch_size: rows per actor call (and at most per model run).
         replicas: encoder actors; each loads the bundle once.
         cpus_per_replica / gpus_per_replica: Ray resources reserved per actor; the encoder
@@ -114,7 +114,7 @@ def embed_corpus(
     """
     import ray.data
 
-    if pooling not in POOLINGS:
+    if pooling is not None and pooling not in POOLINGS:
         raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     for name, value in (("batch_size", batch_size), ("replicas", replicas)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -42,6 +42,7 @@ from fastelectra.bundle import (
 from fastelectra.destinations import DirectoryKind, check_directory
 from fastelectra.errors import DependencyMissing, InputError
 from fastelectra.precisions import precision_named
+from fastelectra.workdirs import remove_abandoned
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -121,6 +122,7 @@ def export_triton(
         )
     repo = Path(repository).absolute()
     check_directory(repo / name, TRITON_MODEL, sources=[source.path])  # before any copying
+    remove_abandoned(repo / name)  # staging left by an export that was killed outright
     server_repository = options.server_repository or str(repo)
     table = calibration_table_for_tensorrt(source) if options.uses_tensorrt else None
     server_table = (

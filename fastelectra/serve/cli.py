@@ -22,7 +22,8 @@ log = logging.getLogger("fastelectra.serve")
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    from fastelectra.serve.config import DEFAULT_POOLING, Limits
+    from fastelectra.bundle import POOLINGS
+    from fastelectra.serve.config import Limits
 
     defaults = Limits()
     p.add_argument("bundle", help="bundle directory (from `fastelectra build`)")
@@ -41,9 +42,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-name", help="the model name in responses (default: bundle dir name)")
     p.add_argument(
         "--pooling",
-        default=DEFAULT_POOLING,
-        help="mean (default: as sentence-transformers), cls, or pooled (the model's "
-        "pooled_output); /v1/embeddings then L2-normalizes, /embed when asked",
+        choices=POOLINGS,
+        help="mean, cls, or pooled (the model's pooled_output); default: the bundle's, mean "
+        "unless built otherwise (as embed and the API); /v1/embeddings then L2-normalizes, "
+        "/embed when asked",
     )
     p.add_argument(
         "--auto-truncate",

@@ -9,11 +9,6 @@ from typing import Any
 
 from fastelectra.errors import InputError
 
-# Mean pooling + unit length is what embedding users expect: it is how sentence-transformers
-# models (MiniLM, the demo bundle) are trained and compared, and TF Hub BERT/ELECTRA
-# `pooled_output` is a next-sentence / discriminator head, not a similarity embedding.
-DEFAULT_POOLING = "mean"
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -46,7 +41,8 @@ class Limits:
 class ServeConfig:
     bundle: Path
     model_name: str
-    pooling: str = DEFAULT_POOLING
+    # None: the bundle's own (`BundleMeta.pooling`), as `Encoder.embed` and `fastelectra embed`.
+    pooling: str | None = None
     # Too-long inputs are cut (True) or answered with 413 (False, as in OpenAI's API and TEI's
     # default); TEI's `truncate` field overrides it per request on /embed.
     auto_truncate: bool = False
@@ -61,9 +57,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         # Imported here: the CLI reads this module's defaults for every command's --help,
         # which must not load onnxruntime.
-        from fastelectra.runtime.encoder import POOLINGS
+        from fastelectra.bundle import POOLINGS
 
-        if self.pooling not in POOLINGS:
+        if self.pooling is not None and self.pooling not in POOLINGS:
             raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.run_overhead_tokens is not None and not self.run_overhead_tokens >= 0:
             raise InputError(f"run_overhead_tokens must be >= 0, got {self.run_overhead_tokens}")

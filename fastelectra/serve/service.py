@@ -119,7 +119,7 @@ class EmbeddingService:
         log.info("a model run's fixed cost: %.0f padded tokens", self.overhead_tokens)
         runner = pooling_runner(
             encoder,
-            config.pooling,
+            self.pooling,
             limits.max_batch_size,
             limits.max_batch_tokens,
             self.overhead_tokens,
@@ -141,6 +141,11 @@ class EmbeddingService:
         self.status = "stopping"
         if self.batcher is not None:
             await self.batcher.close(self.config.limits.shutdown_timeout_s)
+
+    @property
+    def pooling(self) -> str:
+        """The configured pooling, else the bundle's (the default of every entry point)."""
+        return self.config.pooling or self.bundle.meta.pooling
 
     @property
     def providers(self) -> list[str]:
@@ -244,7 +249,7 @@ class EmbeddingService:
             },
             "dimensions": meta.dimensions.hidden,
             "max_length": self.encoder.max_length if self.encoder else meta.max_sequence_length,
-            "pooling": self.config.pooling,
+            "pooling": self.pooling,
             "run_overhead_tokens": self.overhead_tokens,
             "normalize": {"/v1/embeddings": "always", "/embed": "per request (default true)"},
             "auto_truncate": self.config.auto_truncate,
