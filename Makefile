@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[convert,serve,bench,test,ray,triton,openvino]'
+	$(PY) -m pip install -q -e '.[convert,serve,export,bench,test,ray,triton,openvino]'
 	# TF Models' own requirements pull ~3 GB (kaggle, opencv, ...); the encoder needs none of them.
 	$(PY) -m pip install -q --no-deps tf-models-official==2.20.0
 	touch $@

@@ -110,7 +110,7 @@ def large_texts(bundle: Path, texts: list[str], count: int, tokens: int) -> list
             text = " ".join((words * 2)[start : start + size])
             if tokenizer.token_count([text])[0] >= tokens - 2 or size > 4 * tokens:
                 break
-            size += 16
+            size += 2  # small steps: a text past the model's max length would be refused (413)
         out.append(text)
     return out
 

@@ -73,7 +73,7 @@ def main() -> int:
     for threads in map(int, args.threads.split(",")):
         for name, src in sources.items():
             env = {**os.environ, "PYTHONPATH": str(src)}
-            command = [sys.executable, "-c", CHILD, str(args.bundle), str(threads)]
+            command = [sys.executable, "-c", CHILD, str(args.bundle.resolve()), str(threads)]
             command += [str(args.calls), str(TRAFFIC_MIX)]
             done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=src)
             if done.returncode != 0:

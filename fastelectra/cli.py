@@ -18,9 +18,15 @@ from dataclasses import dataclass
 
 from fastelectra.bench.cli import add_bench_arguments, run_bench
 from fastelectra.errors import FastElectraError, UsageError
+from fastelectra.export.cli import add_export_arguments, run_export
 from fastelectra.precisions import SMOOTHING_OFF
-from fastelectra.runtime.cli import add_embed_arguments, run_embed
-from fastelectra.scale.cli import add_export_triton_arguments, run_export_triton
+from fastelectra.runtime.cli import add_embed_arguments
+from fastelectra.scale.cli import (
+    add_export_triton_arguments,
+    add_ray_embed_arguments,
+    run_embed_here_or_on_ray,
+    run_export_triton,
+)
 from fastelectra.serve.cli import add_serve_arguments, run_serve
 
 
@@ -89,6 +95,11 @@ def _smoothing_alpha(text: str) -> float | str:
     if not 0.0 <= alpha <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'off', got {text!r}")
     return alpha
+
+
+def _add_embed_arguments(p: argparse.ArgumentParser) -> None:
+    add_embed_arguments(p)  # the runtime's streaming embed
+    add_ray_embed_arguments(p)  # --ray, --replicas: scale-out, chosen here, not by the runtime
 
 
 def _add_verify_arguments(p: argparse.ArgumentParser) -> None:
@@ -245,7 +256,12 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         _add_reference_arguments,
         _run_reference,
     ),
-    Subcommand("embed", "embed texts (one per line) with a bundle", add_embed_arguments, run_embed),
+    Subcommand(
+        "embed",
+        "embed texts (one per line) with a bundle",
+        _add_embed_arguments,
+        run_embed_here_or_on_ray,
+    ),
     Subcommand(
         "bench",
         "latency, throughput, memory and GEMM floor of bundles (and TF, peers, traffic)",
@@ -257,6 +273,12 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "serve a bundle over HTTP (OpenAI and TEI embedding APIs)",
         add_serve_arguments,
         run_serve,
+    ),
+    Subcommand(
+        "export",
+        "write one ONNX file that gives embeddings (pooling, and optionally the tokenizer, inside)",
+        add_export_arguments,
+        run_export,
     ),
     Subcommand(
         "export-triton",

@@ -629,3 +629,33 @@ def test_threads_sharing_an_encoder_stay_within_one_runs_memory(tiny_bundle):
         assert max_diff < 1e-5
         peaks[threads] = peak
     assert peaks[8] <= 1.5 * peaks[1], peaks
+
+
+MEMORY_AFTER_A_LONG_BATCH = """
+import sys
+from fastelectra.process_memory import rss_mib
+from fastelectra.runtime import Encoder
+
+encoder = Encoder.load(sys.argv[1], threads=1)
+for _ in range(5):
+    encoder.embed(["a short text"])
+idle = rss_mib()
+encoder.embed(["word " * 500] * 64, batch_size=64, max_batch_tokens=None)
+encoder.embed(["a short text"])
+print(idle, rss_mib())
+"""
+
+
+@pytest.mark.slow
+def test_memory_returns_near_idle_after_a_long_batch(tiny_bundle):
+    """One 64 x 512 batch grows onnxruntime's arena by its activations; the session hands that
+    growth back after the run instead of keeping it for the life of the process."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_AFTER_A_LONG_BATCH, str(tiny_bundle)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    idle, after = map(float, done.stdout.split())
+    assert after - idle < 40, (idle, after)

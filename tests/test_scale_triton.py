@@ -296,3 +296,43 @@ def test_reexport_replaces_and_a_failed_export_keeps_the_old_model(
 
     assert parse(repo / tiny_bundle.name).max_batch_size == 16
     assert sorted(os.listdir(repo)) == [tiny_bundle.name]  # no staging directory left
+
+
+def test_pooling_writes_the_exported_embedding_model(tiny_bundle, tmp_path):
+    """`--pooling mean --normalize`: Triton's onnxruntime backend answers embeddings directly,
+    the vectors `Encoder.embed` gives."""
+    code = main(
+        [
+            "export-triton",
+            str(tiny_bundle),
+            str(tmp_path / "repo"),
+            "--kind",
+            "KIND_CPU",
+            "--pooling",
+            "mean",
+            "--normalize",
+        ]
+    )
+    assert code == 0
+    model_dir = tmp_path / "repo" / tiny_bundle.name
+    config = parse(model_dir)
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        ("embedding", mc.TYPE_FP32, [HIDDEN])
+    ]
+    marker = json.loads((model_dir / triton.MARKER_FILE).read_text())
+    assert marker["files"] == ["1/model.onnx", "1/tokenizer.json", "config.pbtxt"]
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["embedding"]
+    texts = ["a short one", "a somewhat longer text about a fox and a lazy dog"]
+    tokenizer = WordPieceTokenizer.from_file(model_dir / "1" / "tokenizer.json")
+    ids, mask, segments = pad_batch(tokenizer.encode(texts, max_length=MAX_LENGTH))
+    feed = dict(zip([i.name for i in config.input], (ids, mask, segments), strict=True))
+    (embedding,) = session.run(["embedding"], feed)
+    expected = Encoder.load(tiny_bundle).embed(texts, pooling="mean", normalize=True)
+    np.testing.assert_allclose(embedding, expected, atol=1e-5)
+
+
+def test_normalize_needs_a_pooling(tiny_bundle, tmp_path):
+    with pytest.raises(ValueError, match="normalize needs a pooling"):
+        export_triton(tiny_bundle, tmp_path / "repo", options=TritonOptions(normalize=True))
+    assert not (tmp_path / "repo").exists()

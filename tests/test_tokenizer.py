@@ -542,3 +542,84 @@ def test_runtime_imports_neither_tensorflow_nor_onnx() -> None:
         "sys.exit(str(bad) if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# --------------------------------------------------------------------------- the text-in graph
+
+TEXT_GRAPH_CHILD = """
+import json, sys
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from fastelectra.convert.tokenizer import load_vocab
+from fastelectra.export.text_graph import EXTENSIONS, ML_OPSET, TEXT_OPSET, extensions_library
+from fastelectra.export.text_graph import tokenizer_graph
+
+case = json.load(open(sys.argv[1], encoding="utf-8"))
+g = tokenizer_graph(load_vocab(case["vocab"]), case["lower"], 100_000)
+outputs = [helper.make_tensor_value_info(n, TensorProto.INT32, None)
+           for n in ("input_word_ids", "input_mask", "segment_ids")]
+model = helper.make_model(
+    helper.make_graph(g.nodes, "tokenizer", [g.input], outputs, g.initializers),
+    opset_imports=[helper.make_opsetid("", TEXT_OPSET), helper.make_opsetid(EXTENSIONS, 1),
+                   helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+    ir_version=9,
+)
+options = ort.SessionOptions()
+options.register_custom_ops_library(extensions_library())
+session = ort.InferenceSession(model.SerializeToString(), options)
+bad = []
+texts = case["texts"]
+for start in range(0, len(texts), 16):
+    ids, mask, segments = session.run(None, {"text": np.array(texts[start:start + 16], object)})
+    for row, want in enumerate(case["want"][start:start + 16]):
+        got = ids[row][mask[row].astype(bool)].tolist()
+        if got != want or ids[row][len(want):].any() or segments[row].any():
+            bad.append(repr(texts[start + row])[:80])
+print(json.dumps(bad))
+"""
+
+
+def test_the_text_graph_gives_full_tokenizer_ids(case: dict, vocabs, tmp_path: Path) -> None:
+    """`fastelectra export --text-input`'s tokenizer (onnxruntime-extensions operators) gives
+    FullTokenizer's ids on the whole suite and the code point sweep, cased and uncased.
+
+    Run in a process of its own: this one has imported TensorFlow (for the oracle), whose RE2
+    symbols break the extensions' regular expressions.
+    """
+    ft = case["oracle"]
+    cps = _sweep_code_points()
+    sweep = [" ".join(_sweep_item(cp) for cp in cps[i : i + 128]) for i in range(0, len(cps), 128)]
+    texts = CORPUS + sweep
+    data = {
+        "vocab": str(vocabs[case["lower"]]),
+        "lower": case["lower"],
+        "texts": texts,
+        "want": [_want(ft, t) for t in texts],
+    }
+    (tmp_path / "case.json").write_text(json.dumps(data), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-c", TEXT_GRAPH_CHILD, str(tmp_path / "case.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == []
+
+
+def test_the_text_graph_refuses_what_it_cannot_express(tmp_path: Path) -> None:
+    from fastelectra.export.text_graph import (
+        TokenizerRuleError,
+        tokenizer_graph,
+        unsupported_rules,
+    )
+
+    vocab = {"[CLS]": 0, "[SEP]": 1, "[UNK]": 2, "[PAD]": 3, "a\U0001d165": 4}
+    (rule,) = unsupported_rules(vocab, do_lower_case=True)
+    assert "canonical reordering" in rule and "U+1D165" in rule
+    assert unsupported_rules(vocab, do_lower_case=False) == []  # cased: no NFD at all
+    with pytest.raises(TokenizerRuleError, match="U\\+1D165"):
+        tokenizer_graph(vocab, True, 128)
+    with pytest.raises(TokenizerRuleError, match="no \\[CLS\\]"):
+        tokenizer_graph({"[SEP]": 1, "[UNK]": 2}, True, 128)

@@ -48,7 +48,7 @@ CJK_RANGES = (
     (0x2F800, 0x2FA1F),
 )
 
-_CAPITAL_SIGMA, _FINAL_SIGMA = "\u03a3", "\u03c2"
+CAPITAL_SIGMA, FINAL_SIGMA = "\u03a3", "\u03c2"
 _PRIVATE_USE = range(0xE000, 0xF900)
 _PROBE_SEP = (
     "\x00"  # left alone by Lowercase and NFD, and a starter, so NFD never reorders across it
@@ -75,7 +75,7 @@ def _ranges(cps: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
-def _char_class(cps: Iterable[int]) -> str:
+def char_class(cps: Iterable[int]) -> str:
     """An Oniguruma character class of exactly these code points, as escapes."""
     parts = [
         f"\\x{{{lo:X}}}" if lo == hi else f"\\x{{{lo:X}}}-\\x{{{hi:X}}}" for lo, hi in _ranges(cps)
@@ -86,7 +86,7 @@ def _char_class(cps: Iterable[int]) -> str:
 
 
 @dataclass(frozen=True)
-class _Tables:
+class CharacterTables:
     """Code point sets, as FullTokenizer sees them through this Python's `unicodedata`."""
 
     removed: frozenset[int]  # _clean_text drops: NUL, U+FFFD, Cc/Cf except \t \n \r
@@ -101,7 +101,7 @@ class _Tables:
 
 
 @functools.cache
-def _tables() -> _Tables:
+def character_tables() -> CharacterTables:
     removed, to_space, split, isolated, mn, unassigned = (set() for _ in range(6))
     assigned: list[str] = []
     for cp in range(0x110000):
@@ -130,13 +130,13 @@ def _tables() -> _Tables:
     # Python exposes neither Cased nor Case_Ignorable; read them off str.lower() itself, whose
     # Final_Sigma rule is: Σ preceded by (cased, case-ignorable*) and not followed by
     # (case-ignorable*, cased).  "cased and not ignorable" is what the scan back from Σ stops at.
-    cased = {ord(c) for c in assigned if (c + _CAPITAL_SIGMA).lower()[-1] == _FINAL_SIGMA}
+    cased = {ord(c) for c in assigned if (c + CAPITAL_SIGMA).lower()[-1] == FINAL_SIGMA}
     ignorable = {
         ord(c)
         for c in assigned
-        if ("\u0391" + c + _CAPITAL_SIGMA).lower()[-1] == _FINAL_SIGMA and ord(c) not in cased
+        if ("\u0391" + c + CAPITAL_SIGMA).lower()[-1] == FINAL_SIGMA and ord(c) not in cased
     }
-    return _Tables(
+    return CharacterTables(
         removed=frozenset(removed),
         to_space=frozenset(to_space),
         split=frozenset(split),
@@ -206,13 +206,13 @@ def _patches(
 
 
 def _normalizer(vocab: dict[str, int], do_lower_case: bool) -> normalizers.Normalizer:
-    t = _tables()
+    t = character_tables()
     steps: list[normalizers.Normalizer] = [
         # _clean_text: drop NUL, U+FFFD and every Cc / Cf except \t \n \r.  \x0b \x0c \x1c \x85
         # are Cc, so "a\x0bb" is the one word "ab" (str.split / Rust would split there).
-        normalizers.Replace(Regex(_char_class(t.removed)), ""),
+        normalizers.Replace(Regex(char_class(t.removed)), ""),
         # _clean_text: \t \n \r and every Zs (NBSP, U+3000, ...) become a plain space.
-        normalizers.Replace(Regex(_char_class(t.to_space)), " "),
+        normalizers.Replace(Regex(char_class(t.to_space)), " "),
     ]
     if not do_lower_case:
         # Cased: FullTokenizer neither lowercases nor strips accents; Mn / Mc stay in words.
@@ -228,7 +228,7 @@ def _normalizer(vocab: dict[str, int], do_lower_case: bool) -> normalizers.Norma
     held = {ord(c) for c in vocab_chars} & t.unassigned
     unassigned = t.unassigned - held
     if placeholder is not None and unassigned:
-        steps.append(normalizers.Replace(Regex(_char_class(unassigned)), placeholder))
+        steps.append(normalizers.Replace(Regex(char_class(unassigned)), placeholder))
 
     # str.lower() (per whitespace-separated word) applies the Final_Sigma rule; Lowercase maps
     # per character (always σ).  Words are delimited by spaces, neither cased nor
@@ -237,13 +237,13 @@ def _normalizer(vocab: dict[str, int], do_lower_case: bool) -> normalizers.Norma
     # `\K` keeps the context out of the replaced span; a variable-length lookbehind would do
     # the same but Oniguruma evaluates it in time quadratic in the text length.  Cased and
     # ignorable are disjoint, so the possessive `*+` never has to give anything back.
-    cased, ignorable = _char_class(t.sigma_cased), _char_class(t.sigma_ignorable)
+    cased, ignorable = char_class(t.sigma_cased), char_class(t.sigma_ignorable)
     final_sigma = f"{cased}{ignorable}*+\\K\\x{{3A3}}(?!{ignorable}*+{cased})"
-    steps.append(normalizers.Replace(Regex(final_sigma), _FINAL_SIGMA))
+    steps.append(normalizers.Replace(Regex(final_sigma), FINAL_SIGMA))
 
     # token.lower(), with Python's mappings where this build's Lowercase disagrees.
     lowercase = normalizers.Lowercase()
-    probe = [c for c in t.assigned if c != _CAPITAL_SIGMA] + [chr(cp) for cp in sorted(held)]
+    probe = [c for c in t.assigned if c != CAPITAL_SIGMA] + [chr(cp) for cp in sorted(held)]
     steps += _patches(lowercase, probe, str.lower)
     steps.append(lowercase)
 
@@ -252,22 +252,22 @@ def _normalizer(vocab: dict[str, int], do_lower_case: bool) -> normalizers.Norma
     nfd = normalizers.NFD()
     steps += _patches(nfd, probe, lambda s: unicodedata.normalize("NFD", s))
     steps.append(nfd)
-    steps.append(normalizers.Replace(Regex(_char_class(t.mn)), ""))
+    steps.append(normalizers.Replace(Regex(char_class(t.mn)), ""))
     return normalizers.Sequence(steps)
 
 
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-    t = _tables()
+    t = character_tables()
     return pre_tokenizers.Sequence(
         [
             # whitespace_tokenize is str.split(): after cleaning that is " ", U+2028 and U+2029
             # (WhitespaceSplit would use Rust's White_Space, a different set before cleaning).
-            pre_tokenizers.Split(Regex(_char_class(t.split) + "+"), behavior="removed"),
+            pre_tokenizers.Split(Regex(char_class(t.split) + "+"), behavior="removed"),
             # _tokenize_chinese_chars and _run_split_on_punc: each CJK ideograph (including
             # 0x2B820-0x2CEAF) and each punctuation character (ASCII non-alphanumerics, Unicode
             # P*) is a word of its own.  FullTokenizer isolates CJK before lower()/NFD and we
             # after, which is the same: NFD maps CJK compatibility ideographs into the ranges.
-            pre_tokenizers.Split(Regex(_char_class(t.isolated)), behavior="isolated"),
+            pre_tokenizers.Split(Regex(char_class(t.isolated)), behavior="isolated"),
         ]
     )
 

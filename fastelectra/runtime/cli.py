@@ -8,7 +8,8 @@ empty line too: it embeds as an empty text, ``[CLS] [SEP]``) is row i of the out
 
 A file output is written to a temporary file beside it and renamed into place at the end
 (`writers`): an error or an interrupt leaves no half-written file, and an existing file
-untouched. `--ray` hands the corpus to Ray Data instead (`fastelectra.scale.cli.embed_on_ray`).
+untouched. `fastelectra embed --ray` is not this module's: the command line (`fastelectra.cli`)
+hands the corpus to Ray Data (`fastelectra.scale.cli`) before the runtime is asked.
 
 This module is imported by every `fastelectra` command (see `fastelectra.cli`), so it imports
 nothing heavy at module level; it never imports TensorFlow.
@@ -109,18 +110,6 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
         "--include-text", action="store_true", help="JSONL: add each line's text to its object"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    parser.add_argument(
-        "--ray",
-        action="store_true",
-        help="embed with Ray Data (fastelectra.scale.ray_data) into --output FILE.parquet; needs "
-        "--input (a text file, one text per line, or Parquet with a text column)",
-    )
-    parser.add_argument(
-        "--replicas",
-        type=positive_int,
-        metavar="N",
-        help="--ray: encoder actors, each loading the bundle (default: Ray mode's own)",
-    )
     # Lines per chunk; only tests need to change it (to cross chunk boundaries cheaply).
     parser.add_argument(
         "--chunk-lines", type=positive_int, default=CHUNK_LINES, help=argparse.SUPPRESS
@@ -139,17 +128,11 @@ def positive_int(value: str) -> int:
 
 @cleanup_on_signals()  # SIGTERM removes the partial output before the process ends
 def run_embed(args: argparse.Namespace) -> int:
-    if args.ray:
-        from fastelectra.scale.cli import embed_on_ray
-
-        return embed_on_ray(args)
     check_local_options(args)
     return embed_lines(args)
 
 
 def check_local_options(args: argparse.Namespace) -> None:
-    if args.replicas is not None:
-        raise UsageError("--replicas needs --ray")
     if args.output is not None and args.output != STDIO:
         suffix = Path(args.output).suffix.lower()
         if suffix not in OUTPUT_FORMATS:

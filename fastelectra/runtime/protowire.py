@@ -19,7 +19,7 @@ VARINT, I64, LEN, I32 = 0, 1, 2, 5
 Buffer = bytes | bytearray | memoryview  # an mmap reads the same way
 
 # onnx.proto3 field numbers: the one table of them, for every reader and writer of ONNX bytes.
-MODEL_GRAPH, MODEL_OPSET_IMPORT = 7, 8
+MODEL_GRAPH, MODEL_OPSET_IMPORT, MODEL_METADATA_PROPS = 7, 8, 14
 OPSET_DOMAIN, OPSET_VERSION = 1, 2
 GRAPH_NODE, GRAPH_INITIALIZER = 1, 5
 NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7

@@ -71,6 +71,16 @@ def add_export_triton_arguments(parser: argparse.ArgumentParser) -> None:
         help="server-side directory for TensorRT engine and timing caches (default: none, "
         "engines are rebuilt on every model load)",
     )
+    parser.add_argument(
+        "--pooling",
+        choices=("pooled", "cls", "mean"),
+        help="write the `fastelectra export` file with this pooling inside instead of the bundle's "
+        "model: Triton then answers `embedding` [hidden] per text (default: the model as is, "
+        "pooled_output and sequence_output)",
+    )
+    parser.add_argument(
+        "--normalize", action="store_true", help="with --pooling: L2-normalised embeddings"
+    )
 
 
 @cleanup_on_signals()  # SIGTERM removes the staged model folder before the process ends
@@ -85,10 +95,41 @@ def run_export_triton(args: argparse.Namespace) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         server_repository=args.server_repository,
         trt_cache_dir=args.trt_cache_dir,
+        pooling=args.pooling,
+        normalize=args.normalize,
     )
     model_dir = export_triton(args.bundle, args.repo, name=args.name, options=options)
     print(model_dir, file=sys.stdout)
     return 0
+
+
+def add_ray_embed_arguments(parser: argparse.ArgumentParser) -> None:
+    """`embed`'s Ray options, beside the runtime's own (`fastelectra.runtime.cli`)."""
+    from fastelectra.runtime.cli import positive_int
+
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="embed with Ray Data (fastelectra.scale.ray_data) into --output FILE.parquet; needs "
+        "--input (a text file, one text per line, or Parquet with a text column)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=positive_int,
+        metavar="N",
+        help="--ray: encoder actors, each loading the bundle (default: Ray mode's own)",
+    )
+
+
+def run_embed_here_or_on_ray(args: argparse.Namespace) -> int:
+    """`fastelectra embed`: on Ray with `--ray`, else the runtime's streaming embed."""
+    from fastelectra.runtime.cli import run_embed
+
+    if args.ray:
+        return embed_on_ray(args)
+    if args.replicas is not None:
+        raise UsageError("--replicas needs --ray")
+    return run_embed(args)
 
 
 def embed_on_ray(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """Export a bundle as a Triton Inference Server model repository (ONNX Runtime backend).
 
     REPO/<name>/config.pbtxt            built with Triton's own ModelConfig protobuf
-    REPO/<name>/1/model.onnx            hard link to (or copy of) the bundle's model
+    REPO/<name>/1/model.onnx            hard link to (or copy of) the bundle's model; with
+                                        `pooling`, the `fastelectra export` ids-in file instead
+                                        (output `embedding`: Triton answers embeddings directly)
     REPO/<name>/1/model.onnx.data       its external weights, if the bundle has them
     REPO/<name>/1/tokenizer.json        for clients: Triton takes token ids, not text
     REPO/<name>/1/calibration.flatbuffers   only where the TensorRT config names it (below)
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING
 from fastelectra.bundle import (
     MODEL_DATA_FILE,
     MODEL_FILE,
+    POOLINGS,
     TOKENIZER_FILE,
     Bundle,
     load_bundle,
@@ -72,6 +75,10 @@ class TritonOptions:
     # A server-side directory for TensorRT engine and timing caches; None: no cache, so every
     # model load rebuilds the engines.
     trt_cache_dir: str | None = None
+    # None: the bundle's model as it is (outputs pooled_output, sequence_output). A pooling:
+    # the exported file with that pooling (and `normalize`) inside, output `embedding`.
+    pooling: str | None = None
+    normalize: bool = False
 
     def check(self) -> None:
         for name in ("max_batch_size", "instances"):
@@ -88,6 +95,10 @@ class TritonOptions:
             value = getattr(self, name)
             if value is not None and not value.startswith("/"):
                 raise InputError(f"{name} must be an absolute path on the server, got {value!r}")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.normalize and self.pooling is None:
+            raise InputError("normalize needs a pooling (the model then outputs embedding)")
 
     @property
     def uses_tensorrt(self) -> bool:
@@ -135,9 +146,18 @@ def export_triton(
         staging.chmod(0o777 & ~current_umask())
         version = staging / VERSION
         version.mkdir()
-        for file in (MODEL_FILE, MODEL_DATA_FILE):
-            if file in source.meta.files:
-                link_or_copy(source.path / file, version / file)
+        if options.pooling is None:
+            for file in (MODEL_FILE, MODEL_DATA_FILE):
+                if file in source.meta.files:
+                    link_or_copy(source.path / file, version / file)
+        else:
+            from fastelectra.export import ExportOptions, export_model
+
+            export_model(
+                source.path,
+                version / MODEL_FILE,
+                ExportOptions(pooling=options.pooling, normalize=options.normalize),
+            )
         shutil.copyfile(source.tokenizer_path, version / TOKENIZER_FILE)
         if table is not None:
             shutil.copyfile(table, version / table.name)
@@ -203,8 +223,13 @@ def model_config(
             name=input_name, data_type=pb.DataType.Value(TRITON_TYPES[meta.input_dtype]), dims=[-1]
         )
     # fp16 bundles keep float32 inputs and outputs: only the weights and kernels are fp16.
-    config.output.add(name=pooled, data_type=pb.TYPE_FP32, dims=[hidden])
-    config.output.add(name=sequence, data_type=pb.TYPE_FP32, dims=[-1, hidden])
+    if options.pooling is None:
+        config.output.add(name=pooled, data_type=pb.TYPE_FP32, dims=[hidden])
+        config.output.add(name=sequence, data_type=pb.TYPE_FP32, dims=[-1, hidden])
+    else:
+        from fastelectra.export.head import EMBEDDING
+
+        config.output.add(name=EMBEDDING, data_type=pb.TYPE_FP32, dims=[hidden])
     config.instance_group.add(
         count=options.instances, kind=pb.ModelInstanceGroup.Kind.Value(options.kind)
     )
