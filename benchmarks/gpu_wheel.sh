@@ -102,8 +102,10 @@ pack_bundles() {
 plan() {
 	[[ -f $PARTS/MANIFEST ]] || die "nothing packed yet: run split and bundles first"
 	local tree
+	# A tracked file deleted in the working tree is listed but cannot be stat'ed: skip it
+	# (xargs would exit 123 and, under pipefail, end the plan).
 	tree=$(git ls-files -z --cached --others --exclude-standard |
-		xargs -0 -r stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+		{ xargs -0 -r stat -c %s 2>/dev/null || true; } | awk '{s += $1} END {print s + 0}')
 	"$PYTHON" - "$PARTS" "$tree" "$CALL_MIB" <<'EOF'
 import json
 import sys

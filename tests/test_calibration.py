@@ -8,8 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-from fastelectra.calibration.feeds import TextCalibrationReader
-from fastelectra.calibration.static import StaticInt8, read_tensorrt_table
+from fastelectra.calibration.feeds import TextCalibrationReader, calibration_encodings
+from fastelectra.calibration.ranges import read_tensorrt_table
+from fastelectra.convert.static_int8 import StaticInt8
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +28,13 @@ def test_every_method_calibrates_every_quantised_input(tiny_bundle, tmp_path, te
 
     fp32 = tiny_bundle / "model.onnx"
     before = [p.name for p in tiny_bundle.iterdir()]
+    corpus = calibration_encodings(tiny_bundle / "tokenizer.json", texts, 64)
     with StaticInt8(
         fp32,
         tmp_path / "model.onnx",
-        tokenizer_path=tiny_bundle / "tokenizer.json",
+        corpus=corpus,
         texts=texts,
         method=method,
-        max_length=64,
         table_dir=tmp_path,
         batch_size=4,
     ) as quantizer:
@@ -79,8 +80,9 @@ def test_calibrate_gives_quantize_statics_own_ranges(tiny_bundle, tmp_path, text
     from onnxruntime.quantization import QuantFormat, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    from fastelectra.calibration.static import BATCHES_PER_COLLECT, calibrate, typed_graph
+    from fastelectra.calibration.ranges import BATCHES_PER_COLLECT, calibrate
     from fastelectra.convert.int8 import INT8_OPS
+    from fastelectra.convert.static_int8 import typed_graph
 
     model = tmp_path / "fp32.onnx"
     shutil.copyfile(tiny_bundle / "model.onnx", model)
@@ -91,7 +93,7 @@ def test_calibrate_gives_quantize_statics_own_ranges(tiny_bundle, tmp_path, text
         return TextCalibrationReader(tiny_bundle / "tokenizer.json", lines, 4, 64, 96)
 
     ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
-    calibrate(typed, reader(), "minmax", ours)
+    calibrate(typed, reader(), "minmax", ours, INT8_OPS)
     quantize_static(
         str(typed),
         str(tmp_path / "int8.onnx"),
@@ -125,3 +127,39 @@ def test_batches_are_bounded_by_padded_tokens():
     lengths = [7, 50, 12, 33, 80, 1, 2, 90] * 5
     for start, end in spans:
         assert end - start == 1 or max(lengths[start:end]) * (end - start) <= 128
+
+
+def test_an_int8_build_reads_and_tokenizes_its_corpus_once(tiny_bundle, tmp_path, monkeypatch):
+    """The smoothing, the ranking, the search's check texts and the static calibration all
+    take the one tokenized corpus."""
+    from fastelectra.calibration import feeds
+    from fastelectra.convert.precision import convert_precision
+    from fastelectra.runtime import tokenizer
+
+    calls = {"read": 0, "encode": 0}
+    read, encode = feeds.read_calibration_texts, tokenizer.encode_texts
+
+    def counted_read(*args, **kwargs):
+        calls["read"] += 1
+        return read(*args, **kwargs)
+
+    def counted_encode(*args, **kwargs):
+        calls["encode"] += 1
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(feeds, "read_calibration_texts", counted_read)
+    monkeypatch.setattr(feeds, "encode_texts", counted_encode)
+    monkeypatch.setattr(tokenizer, "encode_texts", counted_encode)
+    convert_precision(
+        "int8-static",
+        tiny_bundle / "model.onnx",
+        tmp_path / "model.onnx",
+        staging=tmp_path,
+        tokenizer_path=tiny_bundle / "tokenizer.json",
+        calibration_texts=None,
+        calibration_method="minmax",
+        max_length=64,
+        int8_search=True,
+        smoothing=0.5,
+    )
+    assert calls == {"read": 1, "encode": 1}

@@ -196,3 +196,55 @@ def test_the_closure_check_sees_an_optional_import(tmp_path):
     assert "fastelectra.bench.openvino_peer" not in runtime_closure()
     peer = module_names()["fastelectra.bench.openvino_peer"][0]
     assert {"openvino", "nncf"} <= third_party_imports(peer)
+
+
+# The layers, lowest first: a module may import its own layer's modules and lower layers' only.
+# Data flows SavedModel -> bundle -> runtime; calibration turns text into feeds and ranges for
+# the quantisers in convert; export, serve and bench use the runtime (and convert); scale-out
+# deploys serve's app and export's files; the command line and the package root sit on top.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "version"),
+    ("precisions", "cpu", "process_memory", "destinations", "workdirs"),
+    ("bundle",),
+    ("runtime",),
+    ("calibration",),
+    ("convert",),
+    ("export", "serve", "bench"),
+    ("scale",),
+    ("cli", "demo", ""),  # "": the package root, `fastelectra/__init__.py`
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of `fastelectra.<unit>[.…]`, by its first name under the package."""
+    unit = module.split(".")[1] if "." in module else ""
+    for level, units in enumerate(LAYERS):
+        if unit in units:
+            return level
+    raise AssertionError(f"{module} is in no layer: add its package to LAYERS")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{importer} -> {imported}"
+        for importer, imports in graph.items()
+        for imported in imports
+        if layer_of(imported) > layer_of(importer)
+    )
+
+
+def test_imports_run_down_the_layers():
+    graph, _ = import_graph()
+    assert upward_imports(graph) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {
+        "fastelectra.runtime.cli": {"fastelectra.scale.cli", "fastelectra.bundle"},
+        "fastelectra.calibration.ranges": {"fastelectra.convert.int8"},
+        "fastelectra.convert.static_int8": {"fastelectra.calibration.ranges"},
+    }
+    assert upward_imports(graph) == [
+        "fastelectra.calibration.ranges -> fastelectra.convert.int8",
+        "fastelectra.runtime.cli -> fastelectra.scale.cli",
+    ]

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from fastelectra.calibration.feeds import TextCalibrationReader, default_calibration_texts
-from fastelectra.calibration.static import read_tensorrt_table
+from fastelectra.calibration.ranges import read_tensorrt_table
 from fastelectra.convert.build import build
 
 pytestmark = pytest.mark.slow

@@ -183,7 +183,7 @@ class SessionSpy:
 
     def __init__(self, encoder: Encoder, monkeypatch: pytest.MonkeyPatch):
         self.calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        session = encoder._session
+        session = encoder.session
         real = session.run
         self._lock = threading.Lock()
 
@@ -322,12 +322,12 @@ def test_truncated_text_equals_its_prefix(encoder):
 
 
 def manual_chunk_embedding(encoder: Encoder, text: str, pooling: str) -> np.ndarray:
-    (full,) = encoder._tokenizer.encode([text], max_length=1 << 20)
+    (full,) = encoder.tokenizer.encode([text], max_length=1 << 20)
     span = encoder.max_length - 2
     vectors, weights = [], []
     for ids in chunk_ids(full.ids, span, span // 2):
         ids = ids[None, :].astype(np.int32)
-        pooled, sequence = encoder._session.run(ids, np.ones_like(ids), np.zeros_like(ids))
+        pooled, sequence = encoder.session.run(ids, np.ones_like(ids), np.zeros_like(ids))
         vector = {"pooled": pooled[0], "cls": sequence[0, 0], "mean": sequence[0].mean(axis=0)}
         vectors.append(vector[pooling])
         weights.append(ids.shape[1])
@@ -365,13 +365,13 @@ def test_ten_megabyte_text(encoder, monkeypatch):
     assert len(text) >= 10_000_000
     seen: list[int] = []
     for method in ("encode", "token_count"):
-        real = getattr(encoder._tokenizer, method)
+        real = getattr(encoder.tokenizer, method)
 
         def spy(texts, *args, _real=real, **kwargs):
             seen.extend(len(t) for t in texts)
             return _real(texts, *args, **kwargs)
 
-        monkeypatch.setattr(encoder._tokenizer, method, spy)
+        monkeypatch.setattr(encoder.tokenizer, method, spy)
     started = time.perf_counter()
     with pytest.warns(UserWarning, match="1 of 1 texts"):
         vector = encoder.embed([text])
@@ -505,7 +505,7 @@ def test_missing_gpu_providers_fall_back_to_cpu(synthetic_bundle):
 
 def test_batches_respect_the_tensorrt_profile(encoder, monkeypatch):
     # A TensorRT plan caps batches at its profile's max batch, whatever the caller asks for.
-    session = encoder._session
+    session = encoder.session
     monkeypatch.setattr(session, "plan", dataclasses.replace(session.plan, max_batch=2))
     spy = SessionSpy(encoder, monkeypatch)
     with warnings.catch_warnings():
@@ -516,7 +516,7 @@ def test_batches_respect_the_tensorrt_profile(encoder, monkeypatch):
 
 def test_io_binding_path_matches_plain_run(encoder):
     # The GPU path (IO binding) exercised with CPU buffers: same binding code, no GPU needed.
-    session = encoder._session
+    session = encoder.session
     ids = np.array([[101, 7592, 2088, 102], [101, 7592, 102, 0]], np.int32)
     mask = (ids != 0).astype(np.int32)
     plain = session.run(ids, mask, np.zeros_like(ids))

@@ -15,12 +15,12 @@ import platform
 import subprocess
 from collections.abc import Sequence
 from datetime import date
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from fastelectra.cpu import ISA_FEATURES, cpuinfo, cpuinfo_fields, isa_features
 from fastelectra.runtime.providers import available_cores
+from fastelectra.version import installed_versions
 
 __all__ = ["ISA_FEATURES", "cpuinfo", "isa_features"]  # also read from here by the bench
 
@@ -108,13 +108,7 @@ def memory_total_gib(path: Path = Path("/proc/meminfo")) -> float | None:
 
 def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
     """The installed version of each of `names` (those not installed are left out)."""
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return versions
+    return installed_versions(names)
 
 
 def git_commit(repo: Path | None = None) -> dict[str, Any] | None:

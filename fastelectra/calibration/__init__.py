@@ -1,1 +1,4 @@
-"""Text corpora -> calibration feeds, static INT8 (QDQ) and TensorRT calibration tables."""
+"""Text corpora -> calibration feeds -> activation ranges and TensorRT calibration tables.
+
+The quantisers that use them live in `fastelectra.convert` (this package imports nothing of it).
+"""

@@ -10,13 +10,21 @@ import numpy as np
 
 from fastelectra.errors import InputError
 from fastelectra.runtime.lines import Text, read_texts, split_pair
-from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts, pad_batch
+from fastelectra.runtime.tokenizer import Encoding, WordPieceTokenizer, encode_texts, pad_batch
 
 
 def default_calibration_texts() -> list[Text]:
     """The calibration set shipped with the package (search-like queries and passages)."""
     data = resources.files("fastelectra") / "data" / "calibration.txt"
     return read_texts(data, "built-in calibration.txt")
+
+
+def calibration_encodings(
+    tokenizer_path: Path, path: str | Path | None, max_length: int
+) -> list[Encoding]:
+    """The calibration corpus (`read_calibration_texts`) read and tokenized, once."""
+    tokenizer = WordPieceTokenizer.from_file(tokenizer_path)
+    return encode_texts(tokenizer, read_calibration_texts(path), max_length)
 
 
 def read_calibration_texts(path: str | Path | None) -> list[Text]:
@@ -48,15 +56,29 @@ class TextCalibrationReader:
         calibration file (a TAB in one separates a pair, as when read from the file)."""
         if not texts:
             raise InputError("no calibration texts")
-        self.tokenizer = WordPieceTokenizer.from_file(tokenizer_path)
-        self.texts = [
+        pairs = [
             split_pair(text, number, "calibration texts") if isinstance(text, str) else text
             for number, text in enumerate(texts, 1)
         ]
+        tokenizer = WordPieceTokenizer.from_file(tokenizer_path)
+        self._set(encode_texts(tokenizer, pairs, max_length), batch_size, max_tokens)
+
+    @classmethod
+    def from_encodings(
+        cls, encodings: Sequence[Encoding], batch_size: int = 8, max_tokens: int | None = None
+    ) -> TextCalibrationReader:
+        """A reader over texts tokenized once already (`convert.precision` tokenizes the
+        corpus once for the smoothing, the ranking, the search and the calibration)."""
+        if not encodings:
+            raise InputError("no calibration texts")
+        reader = cls.__new__(cls)
+        reader._set(encodings, batch_size, max_tokens)
+        return reader
+
+    def _set(self, encodings: Sequence[Encoding], batch_size: int, max_tokens: int | None) -> None:
+        self.encodings = list(encodings)
         self.batch_size = batch_size
-        self.max_length = max_length
-        lengths = [len(e.ids) for e in encode_texts(self.tokenizer, self.texts, max_length)]
-        self.spans = batch_spans(lengths, batch_size, max_tokens)
+        self.spans = batch_spans([len(e.ids) for e in self.encodings], batch_size, max_tokens)
         self._batches: Iterator[dict[str, np.ndarray]] | None = None
         self._range = (0, len(self))
 
@@ -66,7 +88,7 @@ class TextCalibrationReader:
     def set_range(self, start_index: int, end_index: int) -> None:
         """Serve only batches [start_index, end_index) until the next call.
 
-        `fastelectra.calibration.static.calibrate` calls this to calibrate a few batches at a
+        `fastelectra.calibration.ranges.calibrate` calls this to calibrate a few batches at a
         time, which bounds memory and keeps each collected set one shape.
         """
         self._range = (start_index, min(end_index, len(self)))
@@ -75,8 +97,7 @@ class TextCalibrationReader:
     def _generate(self) -> Iterator[dict[str, np.ndarray]]:
         first, last = self._range
         for start, end in self.spans[first:last]:
-            chunk = self.texts[start:end]
-            ids, mask, segments = pad_batch(encode_texts(self.tokenizer, chunk, self.max_length))
+            ids, mask, segments = pad_batch(self.encodings[start:end])
             yield {"input_word_ids": ids, "input_mask": mask, "segment_ids": segments}
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -34,6 +34,7 @@ from fastelectra.convert.steps import Steps, mb
 from fastelectra.destinations import check_directory
 from fastelectra.errors import FastElectraError
 from fastelectra.precisions import FP32, SMOOTHING_OFF, precision_named
+from fastelectra.version import installed_versions
 from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_directory
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,12 @@ def _stderr_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def tool_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+# The packages whose versions a bundle records (`BundleMeta.tool_versions`).
+BUILD_TOOLS = ("fastelectra", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "tokenizers")
 
-    versions = {}
-    for name in ("fastelectra", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return versions
+
+def tool_versions() -> dict[str, str]:
+    return installed_versions(BUILD_TOOLS)
 
 
 def smoothing_alpha(precision: str, asked: float | str | None) -> float | None:
@@ -227,8 +224,8 @@ def verify_model(
 ) -> dict[str, Any]:
     """Compare the model at `model_path` with `tensorflow` (a `verify.Runner`: TensorFlow live,
     or its recorded outputs) on `texts`; a progress bar on `bar` if it is a terminal."""
-    from fastelectra.convert.console import text_bar
     from fastelectra.convert.verify import onnx_runner, record_outputs, recorded_runner, verify
+    from fastelectra.runtime.progress import text_bar
     from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
     encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), texts, max_length)
@@ -238,7 +235,7 @@ def verify_model(
             # The FP32 model's outputs first, its session gone before the candidate's loads:
             # the two never hold their weights at the same time.
             fp32 = recorded_runner(record_outputs(onnx_runner(fp32_model), encodings, Path(folder)))
-        with text_bar(len(encodings), "verifying", bar) as advance:
+        with text_bar(len(encodings), bar, "verifying", leave=False) as advance:
             return verify(
                 tensorflow,
                 onnx_runner(model_path),

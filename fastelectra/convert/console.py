@@ -74,15 +74,3 @@ def printer(stream: TextIO) -> Callable[[str], None]:
         print(message, file=stream, flush=True)
 
     return say
-
-
-@contextlib.contextmanager
-def text_bar(total: int, what: str, stream: TextIO | None) -> Iterator[Callable[[int], None]]:
-    """A tqdm bar over `total` texts on `stream` when it is a terminal; else a no-op."""
-    if stream is None or not stream.isatty():
-        yield lambda _n: None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc=f"  {what}", unit="text", file=stream, leave=False) as bar:
-        yield bar.update

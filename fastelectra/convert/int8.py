@@ -1,9 +1,10 @@
 """What dynamic and static INT8 share: the ops quantised, the quantizer protocol that the INT8
 search drives, and the dynamic quantizer itself.
 
-The static quantizer (`fastelectra.calibration.static.StaticInt8`) builds on this module, and
+The static quantizer (`fastelectra.convert.static_int8.StaticInt8`) builds on this module, and
 `fastelectra.convert.precision` chooses between the two; this module imports neither, so the
-dependency runs one way: precision -> calibration.static -> int8.
+dependency runs one way: precision -> static_int8 -> int8 (and static_int8 -> calibration,
+which turns text into feeds and feeds into ranges, and imports nothing of convert).
 """
 
 from __future__ import annotations

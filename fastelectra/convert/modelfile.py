@@ -16,9 +16,7 @@ from pathlib import Path
 
 import onnx
 
-MODEL_GRAPH = 7  # ModelProto.graph
-GRAPH_INITIALIZER = 5  # GraphProto.initializer
-LENGTH_DELIMITED = 2
+from fastelectra.runtime.protowire import GRAPH_INITIALIZER, LEN, MODEL_GRAPH, encode_varint, tag
 
 
 def write_inline(model: onnx.ModelProto, path: Path) -> None:
@@ -26,14 +24,14 @@ def write_inline(model: onnx.ModelProto, path: Path) -> None:
     head = copy_without(model.graph, "initializer")
     rest = copy_without(model, "graph")
     sizes = [t.ByteSize() for t in model.graph.initializer]
-    tag = _tag(GRAPH_INITIALIZER)
+    initializer = tag(GRAPH_INITIALIZER, LEN)
     graph_bytes = head.SerializeToString()
-    length = len(graph_bytes) + sum(len(tag) + len(_varint(n)) + n for n in sizes)
+    length = len(graph_bytes) + sum(len(initializer) + len(encode_varint(n)) + n for n in sizes)
     with open(path, "wb") as f:
         f.write(rest.SerializeToString())
-        f.write(_tag(MODEL_GRAPH) + _varint(length) + graph_bytes)
+        f.write(tag(MODEL_GRAPH, LEN) + encode_varint(length) + graph_bytes)
         for tensor, size in zip(model.graph.initializer, sizes, strict=True):
-            f.write(tag + _varint(size) + tensor.SerializeToString())
+            f.write(initializer + encode_varint(size) + tensor.SerializeToString())
 
 
 def copy_without(message, skipped: str):
@@ -49,21 +47,6 @@ def copy_without(message, skipped: str):
         else:
             setattr(copy, descriptor.name, value)
     return copy
-
-
-def _tag(field_number: int) -> bytes:
-    return _varint((field_number << 3) | LENGTH_DELIMITED)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
 
 
 def inline_external_data(path: Path, limit_bytes: int) -> bool:

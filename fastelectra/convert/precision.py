@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from fastelectra.precisions import precision_named
 
 if TYPE_CHECKING:
     from fastelectra.convert.int8_search import SearchResult
+    from fastelectra.runtime.tokenizer import Encoding
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +60,26 @@ def convert_precision(
         return to_fp16(fused, dst)
     if conversion not in ("quantize-dynamic", "quantize-static"):
         raise InputError(f"no conversion for precision {precision!r}")
+    from fastelectra.calibration.feeds import calibration_encodings
+
+    # Read and tokenized once: the smoothing, the ranking, the search's check texts and the
+    # static calibration all take theirs from these.
+    corpus = calibration_encodings(tokenizer_path, calibration_texts, max_length)
     with tempfile.TemporaryDirectory(prefix=".smoothed-", dir=fused.parent) as folder:
         smoothed: dict[str, Any] | None = None
         source = fused
         if smoothing is not None:
             source = Path(folder) / "smoothed.onnx"
-            smoothed = smooth_with_text(
-                fused, source, tokenizer_path, calibration_texts, max_length, smoothing
-            )
+            smoothed = smooth_with_text(fused, source, corpus, smoothing)
         meta = quantize_int8(
             conversion,
             source,
             dst,
             reference=fused,
             staging=staging,
-            tokenizer_path=tokenizer_path,
+            corpus=corpus,
             calibration_texts=calibration_texts,
             calibration_method=calibration_method,
-            max_length=max_length,
             int8_search=int8_search,
             precision=precision,
             progress=progress,
@@ -85,22 +88,13 @@ def convert_precision(
 
 
 def smooth_with_text(
-    fused: Path,
-    dst: Path,
-    tokenizer_path: Path,
-    texts: str | Path | None,
-    max_length: int,
-    alpha: float,
+    fused: Path, dst: Path, corpus: Sequence[Encoding], alpha: float
 ) -> dict[str, Any]:
     """`fused` smoothed (`fastelectra.convert.smoothing`) with ranges from calibration text."""
-    from fastelectra.calibration.feeds import read_calibration_texts
     from fastelectra.convert.int8_search import single_feeds, spread_sample
     from fastelectra.convert.smoothing import SMOOTHING_TEXTS, smooth
-    from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
-    corpus = read_calibration_texts(texts)
-    encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), corpus, max_length)
-    feeds = single_feeds(spread_sample(encodings, SMOOTHING_TEXTS, key=lambda e: len(e.ids)))
+    feeds = single_feeds(spread_sample(corpus, SMOOTHING_TEXTS, key=lambda e: len(e.ids)))
     return smooth(fused, dst, feeds, INT8_OPS, alpha)
 
 
@@ -111,10 +105,9 @@ def quantize_int8(
     *,
     reference: Path,
     staging: Path,
-    tokenizer_path: Path,
+    corpus: Sequence[Encoding],
     calibration_texts: str | Path | None,
     calibration_method: str,
-    max_length: int,
     int8_search: bool,
     precision: str,
     progress: Callable[[str], None] | None,
@@ -124,15 +117,14 @@ def quantize_int8(
     if conversion == "quantize-dynamic":
         quantizer = DynamicInt8(src, dst)
     else:
-        from fastelectra.calibration.static import StaticInt8
+        from fastelectra.convert.static_int8 import StaticInt8
 
         quantizer = StaticInt8(
             src,
             dst,
-            tokenizer_path=tokenizer_path,
+            corpus=corpus,
             texts=calibration_texts,
             method=calibration_method,
-            max_length=max_length,
             table_dir=staging,
         )
     with quantizer:
@@ -140,14 +132,7 @@ def quantize_int8(
             quantizer.quantize([])
             return quantizer.metadata() | {"fp32_nodes": 0, "int8_search": None}
         search = tune_int8(
-            quantizer,
-            src,
-            reference,
-            tokenizer_path=tokenizer_path,
-            texts=calibration_texts,
-            max_length=max_length,
-            precision=precision,
-            progress=progress,
+            quantizer, src, reference, corpus=corpus, precision=precision, progress=progress
         )
         return quantizer.metadata() | {
             "fp32_nodes": len(search.fp32_nodes),
@@ -160,15 +145,12 @@ def tune_int8(
     src: Path,
     reference: Path,
     *,
-    tokenizer_path: Path,
-    texts: str | Path | None,
-    max_length: int,
+    corpus: Sequence[Encoding],
     precision: str,
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Rank `src`'s nodes on calibration text, then search how many must stay FP32
     (int8_search) for the quantised model to match `reference` (the FP32 model)."""
-    from fastelectra.calibration.feeds import read_calibration_texts
     from fastelectra.convert.int8_search import (
         CHECK_TEXTS,
         RANK_TEXTS,
@@ -185,17 +167,14 @@ def tune_int8(
         recorded_runner,
         verify,
     )
-    from fastelectra.runtime.tokenizer import WordPieceTokenizer, encode_texts
 
-    corpus = read_calibration_texts(texts)
-    encodings = encode_texts(WordPieceTokenizer.from_file(tokenizer_path), corpus, max_length)
     ranked = node_sensitivity(
         src,
-        single_feeds(spread_sample(encodings, RANK_TEXTS, key=lambda e: len(e.ids))),
+        single_feeds(spread_sample(corpus, RANK_TEXTS, key=lambda e: len(e.ids))),
         INT8_OPS,
         quantizer.activation_rounding(),
     )
-    check = spread_sample(encodings, CHECK_TEXTS, key=lambda e: len(e.ids))
+    check = spread_sample(corpus, CHECK_TEXTS, key=lambda e: len(e.ids))
     with tempfile.TemporaryDirectory(prefix=".fp32-outputs-", dir=reference.parent) as folder:
         # The FP32 outputs once, its session gone before the first candidate is quantised:
         # otherwise its weights stay resident beside each quantisation's own copy.

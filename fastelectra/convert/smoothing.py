@@ -104,7 +104,7 @@ def smooth(
     for position, mul in reversed(inserted):
         model.graph.node.insert(position, mul)
     # Weights in external data: the quantisers read them from there, and the static one's
-    # typed graph points at them instead of copying them (`fastelectra.calibration.static`).
+    # typed graph points at them instead of copying them (`fastelectra.convert.static_int8`).
     save_model(model, dst, external_data=True)
     return {
         "method": "smoothquant",

@@ -23,10 +23,11 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO
 
 from fastelectra.errors import InputError, UsageError
 from fastelectra.runtime.lines import STDIO, read_line_chunks
+from fastelectra.runtime.progress import text_bar
 from fastelectra.runtime.writers import make_writer, open_output
 from fastelectra.workdirs import cleanup_on_signals
 
@@ -158,7 +159,7 @@ def embed_lines(args: argparse.Namespace) -> int:
         )
         writer = make_writer(output, sink, encoder.hidden, args.include_text)
         total = count_lines(args.input) if progress_wanted(args.quiet) else None
-        with progress_bar(total, args.quiet) as bar:
+        with text_bar(total, None if args.quiet else sys.stderr) as advance:
             truncated = 0
             other_warnings: dict[str, warnings.WarningMessage] = {}
             for start, texts in read_line_chunks(
@@ -179,7 +180,7 @@ def embed_lines(args: argparse.Namespace) -> int:
                     else:
                         other_warnings.setdefault(str(w.message), w)
                 writer.write(start, texts, vectors)
-                bar.update(len(texts))
+                advance(len(texts))
         rows = writer.finish()
     report(args, encoder, rows, truncated, list(other_warnings.values()))
     return 0
@@ -261,32 +262,6 @@ def count_lines(path: str) -> int | None:
     return lines + (last != b"\n")  # a last line without a newline still counts
 
 
-# -- progress ------------------------------------------------------------------------------
-
-
 def progress_wanted(quiet: bool) -> bool:
     # A bar is for a person watching a terminal, not for a log file or a pipe.
     return not quiet and sys.stderr.isatty()
-
-
-class Progress(Protocol):
-    def update(self, n: int) -> object: ...
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def progress_bar(total: int | None, quiet: bool) -> Iterator[Progress]:
-    if not progress_wanted(quiet):
-        yield _NoBar()
-        return
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional at run time: no bar rather than no embeddings
-        yield _NoBar()
-        return
-    with tqdm(total=total, unit="text", file=sys.stderr, dynamic_ncols=True) as bar:
-        yield bar

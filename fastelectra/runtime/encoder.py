@@ -167,6 +167,16 @@ class Encoder:
     def path(self) -> Path:
         return self.bundle.path
 
+    @property
+    def session(self) -> EncoderSession:
+        """The onnxruntime session it runs: its execution plan, providers and device."""
+        return self._session
+
+    @property
+    def tokenizer(self) -> WordPieceTokenizer:
+        """The bundle's tokenizer, without this encoder's truncation (see `tokenize`)."""
+        return self._tokenizer
+
     def __repr__(self) -> str:
         return (
             f"Encoder({str(self.path)!r}, precision={self.meta.precision!r}, "

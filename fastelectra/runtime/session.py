@@ -29,7 +29,12 @@ import onnxruntime as ort
 from fastelectra.bundle import INPUT_NAMES, OUTPUT_NAMES, BundleError
 from fastelectra.runtime.cpu_view import EXTERNAL_FOLDER_KEY, SKIP_LAYERNORM_FUSION, cpu_view
 from fastelectra.runtime.protowire import WireError
-from fastelectra.runtime.providers import ExecutionPlan, external_stacklevel, plan_execution
+from fastelectra.runtime.providers import (
+    GPU_PROVIDERS,
+    ExecutionPlan,
+    external_stacklevel,
+    plan_execution,
+)
 
 ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 _ORT_TYPES = {"int32": "tensor(int32)", "int64": "tensor(int64)"}
@@ -100,9 +105,7 @@ class EncoderSession:
                 stacklevel=external_stacklevel(),
             )
         self.providers = tuple(active)
-        self.device = (
-            "cuda" if active[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else "cpu"
-        )
+        self.device = "cuda" if active[0] in GPU_PROVIDERS else "cpu"
         self.device_id = self.plan.device_id
         self._one_run_at_a_time = threading.Lock()
         self._run_options = ort.RunOptions()

@@ -312,13 +312,6 @@ def config_header(bundle: Bundle) -> str:
     )
 
 
-def parse_config(text: str) -> ModelConfig:
-    """Parse config.pbtxt text with Triton's ModelConfig protobuf (as the server does)."""
-    from google.protobuf import text_format
-
-    return text_format.Parse(text, _model_config_pb2().ModelConfig())
-
-
 def link_or_copy(source: Path, target: Path) -> None:
     """A hard link (no copy of a multi-GB model) where the filesystem allows, else a copy."""
     try:

@@ -23,7 +23,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fastelectra import __version__
 from fastelectra.runtime.encoder import l2_normalize
 from fastelectra.serve.config import ServeConfig
 from fastelectra.serve.errors import ApiError, error_body
@@ -31,6 +30,7 @@ from fastelectra.serve.metrics import ServerMetrics
 from fastelectra.serve.middleware import BearerAuth, BodyLimit, RequestMetrics
 from fastelectra.serve.schemas import OpenAIEmbeddingRequest, TEIEmbedRequest, openai_embeddings
 from fastelectra.serve.service import EmbeddingService
+from fastelectra.version import __version__
 
 log = logging.getLogger("fastelectra.serve")
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from fastelectra import __version__
 from fastelectra.bundle import load_bundle
 from fastelectra.runtime.batching import batch_of, plan_runs
 from fastelectra.runtime.encoder import Encoder, pool
@@ -26,6 +25,7 @@ from fastelectra.serve.config import ServeConfig
 from fastelectra.serve.errors import ApiError
 from fastelectra.serve.metrics import ServerMetrics
 from fastelectra.serve.overhead import measure_overhead_tokens
+from fastelectra.version import __version__
 
 log = logging.getLogger("fastelectra.serve")
 
