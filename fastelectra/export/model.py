@@ -20,6 +20,7 @@ from typing import Any
 import onnx
 
 from fastelectra.bundle import META_FILE, POOLINGS, Bundle, load_bundle
+from fastelectra.convert.fuse import save_model
 from fastelectra.destinations import FileKind, check_file
 from fastelectra.errors import InputError
 from fastelectra.export.check import check_export
@@ -32,8 +33,6 @@ from fastelectra.workdirs import scratch_directory
 
 log = logging.getLogger(__name__)
 
-# protobuf's limit on one message: past it the weights go to OUT.data beside the file.
-INLINE_LIMIT = 2**31 - 1
 EXPORTED = FileKind("an ONNX file written by `fastelectra export`", is_exported_model)
 
 
@@ -87,7 +86,7 @@ def export_model(
     with scratch_directory(out, "work") as work:
         staged = work / out.name
         _set_metadata(model, props)
-        _save(model, staged)
+        save_model(model, staged)  # inline, or OUT.onnx.data beside it past 2 GB
         del model
         figures = check_export(staged, bundle, options)
         props["verification"] = figures
@@ -111,19 +110,6 @@ def _set_metadata(model: onnx.ModelProto, props: dict[str, Any]) -> None:
 
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, as_strings(props))
-
-
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    if model.ByteSize() < INLINE_LIMIT:
-        onnx.save(model, str(path))
-        return
-    onnx.save(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=path.name + ".data",
-    )
 
 
 def _rewrite_metadata(path: Path, props: dict[str, Any]) -> None:
