@@ -63,8 +63,12 @@ def convert_precision(
     from fastelectra.calibration.feeds import calibration_encodings
 
     # Read and tokenized once: the smoothing, the ranking, the search's check texts and the
-    # static calibration all take theirs from these.
-    corpus = calibration_encodings(tokenizer_path, calibration_texts, max_length)
+    # static calibration all take theirs from these; a dynamic build that uses none of them
+    # (no smoothing, no search) reads no text at all.
+    needs_text = smoothing is not None or int8_search or conversion == "quantize-static"
+    corpus = (
+        calibration_encodings(tokenizer_path, calibration_texts, max_length) if needs_text else []
+    )
     with tempfile.TemporaryDirectory(prefix=".smoothed-", dir=fused.parent) as folder:
         smoothed: dict[str, Any] | None = None
         source = fused

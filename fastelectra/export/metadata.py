@@ -20,6 +20,8 @@ from fastelectra.runtime.protowire import (
     MODEL_METADATA_PROPS,
     WireError,
     fields,
+    length_delimited,
+    string,
     text,
 )
 
@@ -49,6 +51,19 @@ def exported_metadata(bundle: Bundle, options: ExportOptions, sha256: str) -> di
 def as_strings(props: dict[str, Any]) -> dict[str, str]:
     """metadata_props values: strings as they are, everything else as JSON."""
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()}
+
+
+def append_metadata(path: Path, props: dict[str, Any]) -> None:
+    """Add `props` to the metadata_props of the saved model at `path`, in place.
+
+    A repeated protobuf field may be continued anywhere in its message, so each entry is
+    appended to the end of the file: neither the graph nor the weights are read or written
+    again.
+    """
+    with open(path, "ab") as f:
+        for key, value in as_strings(props).items():
+            entry = string(ENTRY_KEY, key) + string(ENTRY_VALUE, value)
+            f.write(length_delimited(MODEL_METADATA_PROPS, entry))
 
 
 def read_metadata(path: Path) -> dict[str, str]:

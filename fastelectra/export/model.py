@@ -2,7 +2,7 @@
 
     read the bundle's model -> add the pooling head (`head`) -> [put the tokenizer in front
     (`text_graph`)] -> record what it is in metadata_props -> save beside OUT -> run it against
-    `Encoder.embed` (`check`) -> record the figures -> move it to OUT
+    `Encoder.embed` (`check`) -> append its figures to metadata_props -> move it to OUT
 
 Nothing is written at OUT unless the check passes, and OUT is replaced only if it is a file this
 command wrote before (its metadata says so).
@@ -10,6 +10,7 @@ command wrote before (its metadata says so).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -26,6 +27,8 @@ from fastelectra.errors import InputError
 from fastelectra.export.check import check_export
 from fastelectra.export.head import add_head
 from fastelectra.export.metadata import (
+    append_metadata,
+    as_strings,
     exported_metadata,
     is_exported_model,
 )
@@ -74,7 +77,7 @@ def export_model(
     pooling = bundle.meta.pooling if options.pooling is None else options.pooling
     if pooling not in POOLINGS:
         raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    options = ExportOptions(pooling, options.normalize, options.text_input)
+    options = dataclasses.replace(options, pooling=pooling)
 
     model = onnx.load(str(bundle.model_path))
     add_head(model, pooling, options.normalize)
@@ -90,7 +93,7 @@ def export_model(
         del model
         figures = check_export(staged, bundle, options)
         props["verification"] = figures
-        _rewrite_metadata(staged, props)
+        append_metadata(staged, {"verification": figures})
         check_file(out, EXPORTED)  # nothing else took its place meanwhile
         data = staged.with_name(staged.name + ".data")
         if data.exists():
@@ -106,14 +109,5 @@ def bundle_sha256(bundle: Bundle) -> str:
 
 
 def _set_metadata(model: onnx.ModelProto, props: dict[str, Any]) -> None:
-    from fastelectra.export.metadata import as_strings
-
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, as_strings(props))
-
-
-def _rewrite_metadata(path: Path, props: dict[str, Any]) -> None:
-    """Write `props` into the saved file (its external weights, if any, stay where they are)."""
-    model = onnx.load(str(path), load_external_data=False)
-    _set_metadata(model, props)
-    onnx.save(model, str(path))

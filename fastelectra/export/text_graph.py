@@ -283,15 +283,21 @@ def per_character(g: Graph, text: str, mapping: dict[str, str]) -> str:
     )
 
 
-def ragged_to_dense(g: Graph, values: str, row_splits: str, filler: str) -> str:
-    """[batch, longest] from flat `values` cut at `row_splits` [batch + 1]; `filler` (a
-    one-element tensor) past each row's end."""
+def row_bounds(g: Graph, row_splits: str) -> tuple[str, str]:
+    """Each row's first and one-past-last index, from `row_splits` [batch + 1]."""
     starts = g.op(
         "Slice", [row_splits, g.const("i0", [0], np.int64), g.const("i_1", [-1], np.int64)]
     )
     ends = g.op(
         "Slice", [row_splits, g.const("i1", [1], np.int64), g.const("imax", [2**62], np.int64)]
     )
+    return starts, ends
+
+
+def ragged_to_dense(g: Graph, values: str, row_splits: str, filler: str) -> str:
+    """[batch, longest] from flat `values` cut at `row_splits` [batch + 1]; `filler` (a
+    one-element tensor) past each row's end."""
+    starts, ends = row_bounds(g, row_splits)
     counts = g.op("Sub", [ends, starts])
     width = g.op("Add", [g.op("ReduceMax", [counts], keepdims=0), g.const("one", 1, np.int64)])
     columns = g.op("Range", [g.const("zero", 0, np.int64), width, g.const("one", 1, np.int64)])
@@ -378,8 +384,7 @@ def assemble(
     g: Graph, ids: str, splits: str, vocab: dict[str, int], max_length: int, id_type: int
 ) -> None:
     """`[CLS] ids[:max_length - 2] [SEP]` per text, right-padded with 0 to the longest."""
-    starts = g.op("Slice", [splits, g.const("i0", [0], np.int64), g.const("i_1", [-1], np.int64)])
-    ends = g.op("Slice", [splits, g.const("i1", [1], np.int64), g.const("imax", [2**62], np.int64)])
+    starts, ends = row_bounds(g, splits)
     counts = g.op("Min", [g.op("Sub", [ends, starts]), g.const("most", max_length - 2, np.int64)])
     one = g.const("one", 1, np.int64)
     longest = g.op("Add", [g.op("ReduceMax", [counts], keepdims=0), g.const("two", 2, np.int64)])
