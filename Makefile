@@ -8,7 +8,7 @@ OUT ?= .cache/demo-bundle
 export FASTELECTRA_CACHE ?= $(CURDIR)/.cache/modules
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint format bench bench-st-onnx bench-infinity bench-serving bundles clean
+.PHONY: venv demo test lint format bench bench-tf bench-st-onnx bench-infinity bench-serving bundles bundles-all clean
 
 venv: $(STAMP)
 
@@ -34,22 +34,38 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-# Every table and plot of the README's performance section (tens of minutes; see
-# docs/performance.md), after building the bundles it measures (`make bundles`).
+# The README's performance section: one CPU, one run (~30 minutes on 2 cores), after building
+# the bundles it measures (`make bundles`). MiniLM's grid and peers (OpenVINO f32, default and
+# NNCF INT8 among them), ELECTRA-large against OpenVINO per cell with operator profiles, the
+# order check of the bench's timing, ELECTRA-large on realistic traffic.
 BENCH_OUT ?= $(shell $(PY) -m fastelectra.bench.machine)
 bench: bundles
-	$(VENV)/bin/fastelectra bench .cache/bundles/minilm-fp32 .cache/bundles/minilm-int8-dynamic \
-		.cache/bundles/minilm-int8-static --threads 2 --duration 5 --peers --out $(BENCH_OUT)/bench-minilm
+	$(VENV)/bin/fastelectra bench $(BUNDLES)/minilm-fp32 $(BUNDLES)/minilm-int8-dynamic \
+		$(BUNDLES)/minilm-int8-static --batch 1,8,32 --seq 16,128 --threads 2 --duration 5 \
+		--peers --out $(BENCH_OUT)/bench-minilm
+	$(PY) benchmarks/openvino_cells.py $(BUNDLES)/electra-large-2020-fp32 \
+		$(BUNDLES)/electra-large-2020-int8-dynamic --cells 1x16,1x128,8x128 --threads 2 \
+		--duration 10 --out $(BENCH_OUT)/openvino-cells-electra-large-2020.json
+	$(PY) benchmarks/openvino_cells.py $(BUNDLES)/minilm-fp32 $(BUNDLES)/minilm-int8-dynamic \
+		--cells 1x16,1x128,8x128 --threads 2 --duration 5 \
+		--out $(BENCH_OUT)/openvino-cells-minilm.json
+	$(PY) benchmarks/order_check.py $(BUNDLES)/minilm-fp32 $(BUNDLES)/minilm-int8-dynamic \
+		--batch 1 --seq 16 --threads 2 --duration 3 --repeats 2 \
+		--out $(BENCH_OUT)/order-check-minilm-b1-s16.json
+	$(VENV)/bin/fastelectra bench $(BUNDLES)/electra-large-2020-fp32 \
+		$(BUNDLES)/electra-large-2020-int8-dynamic --no-grid --traffic --batch 32 --threads 2 \
+		--duration 1 --warmup 0 --out $(BENCH_OUT)/bench-electra-large-traffic
+
+# The earlier comparisons (docs/performance.md): against TensorFlow, the unfused export, the
+# INT8 GEMMs alone and onnxruntime's own SkipLayerNorm, ELECTRA-large and BERT-base shapes.
+bench-tf: bundles-all
 	for m in base electra-large-2020; do \
-		$(PY) benchmarks/latency.py .cache/bundles/$$m-fp32 .cache/bundles/$$m-int8-dynamic \
-			.cache/bundles/$$m-int8-static --source $$m --batch 1 --seq 128 --threads 2 \
+		$(PY) benchmarks/latency.py $(BUNDLES)/$$m-fp32 $(BUNDLES)/$$m-int8-dynamic \
+			$(BUNDLES)/$$m-int8-static --source $$m --batch 1 --seq 128 --threads 2 \
 			--duration 10 --with-ort-skipln --with-int8-gemm-chain \
 			--out $(BENCH_OUT)/latency-$$m-b1-s128 || exit 1; \
 	done
 	$(PY) benchmarks/skip_layernorm.py --threads 2 --out $(BENCH_OUT)
-	$(VENV)/bin/fastelectra bench .cache/bundles/electra-large-2020-fp32 \
-		.cache/bundles/electra-large-2020-int8-dynamic --no-grid --traffic --batch 32 --threads 2 \
-		--duration 1 --warmup 0 --out $(BENCH_OUT)/bench-electra-large-traffic
 	$(MAKE) bench-st-onnx
 
 # sentence-transformers' ONNX backends need optimum, which cannot live beside the project's
@@ -82,16 +98,25 @@ bench-serving: $(STAMP) bench-infinity
 	$(PY) benchmarks/fairness.py $(BUNDLES)/minilm-fp32 --threads 2
 	$(PY) benchmarks/shared_encoder.py $(BUNDLES)/minilm-fp32 --threads 1,2,4,8
 
-# The bundles `make bench` measures. MiniLM's are real weights, gated as shipped; the BERT-base
-# and ELECTRA-large shapes have random weights, so their INT8 variants quantise every node
-# (--no-int8-search), are verified on 48 texts, and are written whatever the gate says.
+# The bundles `make bench` measures. MiniLM's are real weights, gated as shipped; the
+# ELECTRA-large (and, for bench-tf, BERT-base) shapes have random weights, so their INT8
+# variants quantise every node (--no-int8-search), are verified on 48 texts, and are written
+# whatever the gate says.
 BUNDLES := .cache/bundles
+RANDOM_WEIGHTS := --no-int8-search --force --verify-texts .cache/verify-48.txt
 bundles: $(STAMP)
 	head -48 fastelectra/data/verify_texts.txt > .cache/verify-48.txt
 	for p in fp32 int8-dynamic int8-static; do \
 		test -d $(BUNDLES)/minilm-$$p || $(VENV)/bin/fastelectra build minilm -o $(BUNDLES)/minilm-$$p --precision $$p || exit 1; \
+	done
+	for p in fp32 int8-dynamic; do \
+		test -d $(BUNDLES)/electra-large-2020-$$p || $(VENV)/bin/fastelectra build electra-large-2020 -o $(BUNDLES)/electra-large-2020-$$p --precision $$p $(RANDOM_WEIGHTS) || exit 1; \
+	done
+
+bundles-all: bundles
+	for p in fp32 int8-dynamic int8-static; do \
 		for m in base electra-large-2020; do \
-			test -d $(BUNDLES)/$$m-$$p || $(VENV)/bin/fastelectra build $$m -o $(BUNDLES)/$$m-$$p --precision $$p --no-int8-search --force --verify-texts .cache/verify-48.txt || exit 1; \
+			test -d $(BUNDLES)/$$m-$$p || $(VENV)/bin/fastelectra build $$m -o $(BUNDLES)/$$m-$$p --precision $$p $(RANDOM_WEIGHTS) || exit 1; \
 		done; \
 	done
 

@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, without installi
 
 from fastelectra.bundle import Bundle, load_bundle  # noqa: E402
 from fastelectra.convert.verify import cosine_rows, default_texts  # noqa: E402
-from fastelectra.precisions import UPPER_BOUND_METRICS, precision_named  # noqa: E402
+from fastelectra.precisions import FP32, UPPER_BOUND_METRICS, Precision  # noqa: E402
 from fastelectra.runtime import Encoder, EncoderOutput  # noqa: E402
 from fastelectra.runtime.providers import CPU, CUDA, TENSORRT, plan_for_bundle  # noqa: E402
 from fastelectra.runtime.session import EncoderSession  # noqa: E402
@@ -121,13 +121,13 @@ def compare_outputs(reference: EncoderOutput, candidate: EncoderOutput) -> dict[
     return figures
 
 
-def gate_failures(figures: dict[str, dict[str, float]], precision: str) -> list[str]:
+def gate_failures(figures: dict[str, dict[str, float]], precision: Precision) -> list[str]:
     """What breaks the build gate of `precision` (`fastelectra.precisions`), per output.
 
     The gate's Spearman bound is not checked: it needs a TensorFlow or FP32 reference.
     """
     failures = []
-    for output, bounds in precision_named(precision).gate.bounds.items():
+    for output, bounds in precision.gate.bounds.items():
         if output not in figures:
             continue
         for metric, bound in bounds.items():
@@ -181,7 +181,7 @@ def time_model_runs(
     meta = bundle.meta
     # Bundles shorter than SEQUENCE (test ones) are timed at their own maximum.
     length = min(SEQUENCE, meta.max_sequence_length)
-    timings = [Timing(bundle.path.name, meta.precision, label, b, length) for b in BATCHES]
+    timings = [Timing(bundle.path.name, meta.precision.name, label, b, length) for b in BATCHES]
     try:
         session = EncoderSession(
             bundle.model_path,
@@ -325,10 +325,10 @@ def check_bundles(
         fp32_twins = [
             b
             for b in bundles
-            if precision != "fp32" and b.meta.precision == "fp32" and same_model(b, bundle)
+            if precision != FP32 and b.meta.precision == FP32 and same_model(b, bundle)
         ]
         variants = list(devices)
-        if precision == "fp32" and not dry_run and any(label == "cuda" for label, _, _ in devices):
+        if precision == FP32 and not dry_run and any(label == "cuda" for label, _, _ in devices):
             variants.append(("cuda (use_tf32=0)", [("cuda", {"use_tf32": "0"})], CUDA))
         for label, providers, wanted in variants:
             log(f"{bundle.path.name}: {label}")
@@ -340,11 +340,15 @@ def check_bundles(
                 except Exception as e:  # onnxruntime's errors share no base class but Exception
                     why = f"{type(e).__name__}: {e}"
             gated = "use_tf32" not in label
-            references = [(f"cpu {precision}", cpu_outputs[bundle.path])]
+            references = [(f"cpu {precision.name}", cpu_outputs[bundle.path])]
             references += [(f"cpu fp32 ({b.path.name})", cpu_outputs[b.path]) for b in fp32_twins]
             for reference_label, reference in references:
                 check = Check(
-                    bundle.path.name, precision, label, reference_label, precision if gated else ""
+                    bundle.path.name,
+                    precision.name,
+                    label,
+                    reference_label,
+                    precision.name if gated else "",
                 )
                 if encoder is None or output is None:
                     check.failures.append(why)
@@ -368,7 +372,7 @@ def time_bundles(
     timings = []
     for bundle in bundles:
         runs_on = list(devices)
-        if bundle.meta.precision == "fp32" and not dry_run:
+        if bundle.meta.precision == FP32 and not dry_run:
             runs_on.append(("cpu", "cpu", CPU))  # the baseline the GPU numbers are read against
         for label, providers, wanted in runs_on:
             log(f"{bundle.path.name}: timing on {label}, batch {BATCHES} x {SEQUENCE}")

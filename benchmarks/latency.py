@@ -60,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     from fastelectra.convert.resolve import resolve_source
     from fastelectra.convert.source import load_source
     from fastelectra.convert.tf_export import export_onnx
+    from fastelectra.precisions import FP32, INT8_DYNAMIC
 
     started = time.perf_counter()
     threads = configure_tensorflow_threads(args.threads)  # before TensorFlow starts
     providers = cli.parse_providers(args.providers)
+    spinning = not args.no_spinning
     source = load_source(resolve_source(args.source))
     tensorflow = TensorFlowVariant(source, args.source, threads)
     tensorflow.load_seconds = time.perf_counter() - started
@@ -75,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             OnnxVariant.from_model(
                 UNFUSED,
                 unfused,
-                "fp32",
+                FP32,
                 source.dimensions,
                 providers,
                 args.threads,
+                spinning,
             ),
             tensorflow,
         ]
@@ -90,20 +93,22 @@ def main(argv: list[str] | None = None) -> int:
                 OnnxVariant.from_model(
                     NAME,
                     chain,
-                    "int8-dynamic",
+                    INT8_DYNAMIC,
                     source.dimensions,
                     providers,
                     args.threads,
+                    spinning,
                 )
             )
         if args.with_ort_skipln:
             extra += [
-                OnnxVariant.from_bundle(path, providers, args.threads, False)
+                OnnxVariant.from_bundle(path, providers, args.threads, False, spinning)
                 for path in args.bundles
             ]
         args.source = None  # loaded above: the bench must not load it a second time
         # The memory runs reload each variant from its files, so they run inside this block.
-        return cli.run_bench(args, extra_variants=extra, command=command)
+        options = cli.BenchOptions.from_args(args)
+        return cli.run_bench(options, extra_variants=extra, command=command)
 
 
 if __name__ == "__main__":

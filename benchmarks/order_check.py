@@ -10,11 +10,12 @@ and `benchmarks/latency.py` use, in three arrangements, each `--repeats` times:
     order A..Z   all variants interleaved, in the order given
     order Z..A   all variants interleaved, in the opposite order
 
-with the sessions `bench` times (onnxruntime's thread spinning off), and the same three once
-more with sessions that spin (onnxruntime's default, the timing before issue 13), to show what
-turning it off removes. Reported per variant: p50 of every arrangement and repeat, the order
-effect (|p50 A..Z - p50 Z..A| over their mean), the run-to-run noise (spread of the repeats of
-one arrangement over their mean), and interleaved p50 over alone p50. Writes
+with the sessions `bench` times by default (served: onnxruntime's threads spinning, an idle gap
+before each turn, `cells.SERVED`), and the same three once more with spinning off and turns
+back to back (`--no-spinning`, `cells.QUIET`). Reported per variant: p50 of every arrangement
+and repeat, the order effect (|p50 A..Z - p50 Z..A| over their mean), the run-to-run noise
+(spread of the repeats of one arrangement over their mean), and interleaved p50 over alone
+p50. Writes
 benchmarks/results/<date>-<cpu>/order-check-<prefix>-b<batch>-s<seq>.json unless --out is given.
 """
 
@@ -40,10 +41,10 @@ def spread(values: Sequence[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastelectra.bench.cells import Cell, synthetic_inputs, time_cell
+    from fastelectra.bench.cells import Cell, pacing_for, synthetic_inputs, time_cell
     from fastelectra.bench.cli import default_out
     from fastelectra.bench.machine import machine_info, results_dir
-    from fastelectra.bench.variants import OnnxVariant, unique_names
+    from fastelectra.bench.variants import NO_SPINNING_SUFFIX, OnnxVariant, unique_names
     from fastelectra.runtime.providers import check_threads
     from fastelectra.runtime.tokenizer import WordPieceTokenizer
 
@@ -67,27 +68,28 @@ def main(argv: list[str] | None = None) -> int:
             OnnxVariant.from_bundle(path, None, threads, allow_spinning=spinning)
             for path in args.bundles
         ]
-        for spinning in (False, True)
+        for spinning in (True, False)
     }
     for variants in sessions.values():
         unique_names(variants)
         for v in variants:  # one name per bundle in both sets, to compare them
-            v.name = v.name.removesuffix("+spinning")
-    variants = sessions[False]
+            v.name = v.name.removesuffix(NO_SPINNING_SUFFIX)
+    variants = sessions[True]
     names = [v.name for v in variants]
     tokenizer = WordPieceTokenizer.from_file(variants[0].bundle.tokenizer_path)
     vocab = min(v.dimensions.vocab_size for v in variants)
     cell = Cell(args.batch, args.seq)
     inputs = synthetic_inputs(cell, vocab, tokenizer.cls_id, tokenizer.sep_id)
 
-    def timed(order: Sequence[Any]) -> dict[str, float]:
-        samples = time_cell(order, inputs, args.duration, args.warmup, args.min_runs)
+    def timed(order: Sequence[Any], spinning: bool) -> dict[str, float]:
+        pacing = pacing_for(spinning)
+        samples = time_cell(order, inputs, args.duration, args.warmup, args.min_runs, pacing)
         return {n: round(float(np.percentile(s, 50)) * 1000, 4) for n, s in samples.items()}
 
-    def arranged(arrangement: str, variants: list[Any]) -> dict[str, float]:
+    def arranged(arrangement: str, variants: list[Any], spinning: bool) -> dict[str, float]:
         if arrangement == "alone":
-            return {k: v for x in variants for k, v in timed([x]).items()}
-        return timed(variants if arrangement == "forward" else variants[::-1])
+            return {k: v for x in variants for k, v in timed([x], spinning).items()}
+        return timed(variants if arrangement == "forward" else variants[::-1], spinning)
 
     started, load_before = time.perf_counter(), os.getloadavg()
     p50: dict[bool, dict[str, list[dict[str, float]]]] = {
@@ -96,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         for spinning, variants in sessions.items():
             for arrangement in ARRANGEMENTS:
-                p50[spinning][arrangement].append(arranged(arrangement, variants))
-                label = "spinning" if spinning else "bench"
+                p50[spinning][arrangement].append(arranged(arrangement, variants, spinning))
+                label = "served" if spinning else "no-spinning"
                 print(f"repeat {repeat} {label} {arrangement}: {p50[spinning][arrangement][-1]}")
 
     def summary(by_arrangement: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
@@ -124,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         "orders": {"forward": names, "reverse": names[::-1]},
         # Other work on the machine, at the start and the end (1, 5, 15 minutes).
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "pacing": {
+            "served": pacing_for(True).to_json(),
+            "no_spinning": pacing_for(False).to_json(),
+        },
+        "served": summary(p50[True]),
         "spinning_off": summary(p50[False]),
-        "spinning_on": summary(p50[True]),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     prefix = default_out(names).name.removeprefix("bench-")
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("spinning_off", "spinning_on")}, indent=1))
+    print(json.dumps({k: report[k] for k in ("served", "spinning_off")}, indent=1))
     print(f"wrote {out}")
     return 0
 

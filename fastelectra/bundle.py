@@ -13,22 +13,19 @@ This module imports nothing heavy: the runtime reads bundles without TensorFlow 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastelectra.destinations import DirectoryKind, check_directory
+from fastelectra.destinations import DirectoryKind
 from fastelectra.errors import FastElectraError
-from fastelectra.precisions import FP32
+from fastelectra.precisions import FP32, Precision, precision_named
 
 # Re-exported: fastelectra.json's "precision" is one of these names.
 from fastelectra.precisions import PRECISIONS as PRECISIONS
-from fastelectra.workdirs import owned_directory
 
 FORMAT = "fastelectra-bundle"
 FORMAT_VERSION = 1
@@ -82,7 +79,8 @@ class BundleMeta:
 
     source: str
     dimensions: Dimensions
-    precision: str = FP32.name
+    # Read from and written to fastelectra.json as its name ("fp32", "int8-dynamic", ...).
+    precision: Precision = FP32
     # The pooling every entry point uses when none is asked (bundles from before it: mean).
     pooling: str = DEFAULT_POOLING
     do_lower_case: bool = True
@@ -109,12 +107,15 @@ class BundleMeta:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["precision"] = self.precision.name
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BundleMeta:
         data = dict(data)
         data["dimensions"] = Dimensions(**data["dimensions"])
+        data["precision"] = precision_named(data.get("precision", FP32.name))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -323,52 +324,3 @@ def foreign_bundle_entries(path: Path) -> list[str] | None:
 
 
 BUNDLE = DirectoryKind("a fastelectra bundle", foreign_bundle_entries)
-
-
-@contextlib.contextmanager
-def staged_directory(out: str | os.PathLike[str], kind: DirectoryKind = BUNDLE) -> Iterator[Path]:
-    """Yield an empty directory beside `out`; on success it atomically becomes `out`.
-
-    On any exception the staging directory is removed and `out` is untouched, so a failed or
-    interrupted build never leaves a half-written bundle (nor damages an existing one). The
-    staging (and `.old-`) directories are owned (see `fastelectra.workdirs`), so the next build
-    to `out` removes them if this process is killed outright.
-
-    `out` is replaced only if it is of `kind` and holds nothing else (`destinations`): checked
-    before staging begins and again right before the swap.
-    """
-    check_directory(out, kind)
-    out = Path(out).absolute()
-    staging = owned_directory(out, "staging")
-    try:
-        yield staging.path
-        check_directory(out, kind)
-        if out.exists():
-            _replace_directory(out, staging.path)
-        else:
-            os.replace(staging.path, out)
-    except BaseException:
-        staging.remove()
-        raise
-    finally:
-        staging.release()
-
-
-def _replace_directory(out: Path, new: Path) -> None:
-    """Swap `new` in for the existing `out`, never ending with neither in place."""
-    old = owned_directory(out, "old")
-    parked = old.path / out.name
-    try:
-        os.replace(out, parked)
-        os.replace(new, out)
-    except BaseException:
-        if parked.exists() and not out.exists():
-            os.replace(parked, out)  # interrupted between the renames: put the old one back
-        raise
-    finally:
-        # While `out` is missing the parked copy is all there is: keep it (if this process
-        # dies now, the next build's `remove_abandoned` moves it back).
-        if out.exists():
-            old.remove()
-        else:
-            old.release()

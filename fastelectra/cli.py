@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fastelectra.bench.cli import add_bench_arguments, run_bench
+from fastelectra.bench.cli import add_bench_arguments, run_bench_command
 from fastelectra.convert import cli as convert_cli
 from fastelectra.errors import FastElectraError, UsageError
 from fastelectra.export.cli import add_export_arguments, run_export
@@ -79,7 +79,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "bench",
         "latency, throughput, memory and GEMM floor of bundles (and TF, peers, traffic)",
         add_bench_arguments,
-        run_bench,
+        run_bench_command,
     ),
     Subcommand(
         "serve",

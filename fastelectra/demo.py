@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastelectra.precisions import FP32
+from fastelectra.precisions import FP32, PRECISIONS, as_precision
 
 SENTENCES = [
     "A man is playing a guitar on stage.",
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         "--source", default="minilm", help="preset name, SavedModel, .tar.gz or handle"
     )
     parser.add_argument("--out", default=".cache/demo-bundle")
-    parser.add_argument("--precision", default=FP32.name)
+    parser.add_argument("--precision", default=FP32.name, choices=PRECISIONS)
     args = parser.parse_args(argv)
 
     from fastelectra.convert.build import build
@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     source = resolve_source(args.source)
     out = Path(args.out)
-    print(f"== building a {args.precision} bundle from {source}", flush=True)
-    result = build(source, out, precision=args.precision)
+    precision = as_precision(args.precision)
+    print(f"== building a {precision.name} bundle from {source}", flush=True)
+    result = build(source, out, precision=precision)
 
     verdict = "passed" if result.verification["passed"] else "FAILED"
     print(f"\n== verification against TensorFlow: {verdict} (figures: {out / 'verification.json'})")

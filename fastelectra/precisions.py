@@ -140,6 +140,15 @@ BY_NAME: Mapping[str, Precision] = {p.name: p for p in TABLE}
 PRECISIONS: tuple[str, ...] = tuple(BY_NAME)
 
 
+def as_precision(value: Precision | str) -> Precision:
+    """The one parse of a precision at an API's edge: a `Precision` as it is, a name looked up.
+
+    Everything inward of the edge (the CLI's arguments, `build`, `plan_execution`, a bundle's
+    metadata) takes a `Precision` and reads its fields; no code compares names.
+    """
+    return value if isinstance(value, Precision) else precision_named(value)
+
+
 def precision_named(name: str) -> Precision:
     """The table's row for `name`; `InputError` for a name it lacks."""
     try:

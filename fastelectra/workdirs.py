@@ -43,6 +43,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+from fastelectra.destinations import DirectoryKind, check_directory
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock, so nothing is ever considered abandoned
@@ -90,6 +92,57 @@ def scratch_directory(out: Path, kind: str) -> Iterator[Path]:
         yield owned.path
     finally:
         owned.remove()
+
+
+@contextlib.contextmanager
+def staged_directory(out: str | os.PathLike[str], kind: DirectoryKind) -> Iterator[Path]:
+    """Yield an empty directory beside `out`; on success it atomically becomes `out`.
+
+    The one stage-then-replace of the project: bundles, Triton model folders, the preset
+    modules and TF Models releases in the cache all go through it. On any exception the
+    staging directory is removed and `out` is untouched, so a failed or interrupted write
+    never leaves a half-written directory (nor damages an existing one). The staging (and
+    `.old-`) directories are owned (see above), so the next write to `out` removes them if
+    this process is killed outright.
+
+    `out` is replaced only if it is of `kind` and holds nothing else (`destinations`): checked
+    before staging begins and again right before the swap.
+    """
+    check_directory(out, kind)
+    out = Path(out).absolute()
+    staging = owned_directory(out, "staging")
+    try:
+        yield staging.path
+        check_directory(out, kind)
+        if out.exists():
+            _replace_directory(out, staging.path)
+        else:
+            os.replace(staging.path, out)
+    except BaseException:
+        staging.remove()
+        raise
+    finally:
+        staging.release()
+
+
+def _replace_directory(out: Path, new: Path) -> None:
+    """Swap `new` in for the existing `out`, never ending with neither in place."""
+    old = owned_directory(out, "old")
+    parked = old.path / out.name
+    try:
+        os.replace(out, parked)
+        os.replace(new, out)
+    except BaseException:
+        if parked.exists() and not out.exists():
+            os.replace(parked, out)  # interrupted between the renames: put the old one back
+        raise
+    finally:
+        # While `out` is missing the parked copy is all there is: keep it (if this process
+        # dies now, the next build's `remove_abandoned` moves it back).
+        if out.exists():
+            old.remove()
+        else:
+            old.release()
 
 
 def remove_abandoned(out: Path) -> list[Path]:

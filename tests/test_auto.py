@@ -42,7 +42,7 @@ def test_the_fastest_candidate_that_passes_is_kept(auto_bundle):
         return values[0] * values[1]  # the geometric mean's order
 
     assert record["chosen"] == min(timed, key=score)
-    assert bundle.meta.precision == record["chosen"]
+    assert bundle.meta.precision.name == record["chosen"]
     assert "AVX2" in record["cpu"]["isa"] or record["cpu"]["isa"] == []  # names, not flags
     on_disk = json.loads((bundle.path / "fastelectra.json").read_text())
     assert on_disk["auto"] == record

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastelectra.bench.cells import Cell, round_robin, synthetic_inputs
+from fastelectra.bench.cells import QUIET, Cell, round_robin, synthetic_inputs
 from fastelectra.bench.cli import default_out
 from fastelectra.bench.floor import GemmRates, cell_flops, floor_seconds
 from fastelectra.bundle import Dimensions
+from fastelectra.precisions import FP32, INT8_DYNAMIC, INT8_STATIC
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Tiny settings: the figures are meaningless, the structure is what is checked.
@@ -150,7 +151,7 @@ def test_bench_peers_on_minilm(minilm_bundle, tmp_path):
     peers = results["peers"]
     assert peers["texts"] == 24 and peers["max_seq_length"] == 256
     assert peers["reference"] == minilm_bundle.name
-    ours = {minilm_bundle.name, "st-torch", "openvino-fp32", "openvino-int8"}
+    ours = {minilm_bundle.name, "st-torch", "openvino-fp32", "openvino-default", "openvino-int8"}
     assert {r["variant"] for r in peers["runs"]} == ours
     assert all(r["texts_per_s"] > 0 for r in peers["runs"])
     # The FP32 bundle is the same network as the peer: the same vectors.
@@ -175,12 +176,12 @@ def test_flops_of_bert_base_by_hand():
 def test_int8_floor_uses_int8_rate_for_weight_products_only():
     flops = cell_flops(Dimensions(2, 64, 4, 128, 100, 512, 2), batch=2, seq=64)
     rates = GemmRates(1, (8, 8, 8), numpy_fp32=1e9, onnxruntime_fp32=2e9, onnxruntime_int8=8e9)
-    fp32, basis = floor_seconds(flops, "fp32", rates)
+    fp32, basis = floor_seconds(flops, FP32, rates)
     assert fp32 == pytest.approx(flops.total / 2e9) and basis == "fp32"
-    int8, _ = floor_seconds(flops, "int8-dynamic", rates)
+    int8, _ = floor_seconds(flops, INT8_DYNAMIC, rates)
     assert int8 == pytest.approx(flops.weight_products / 8e9 + flops.attention / 2e9)
     no_int8 = GemmRates(1, (8, 8, 8), 1e9, None, None)
-    assert floor_seconds(flops, "int8-static", no_int8)[0] is None
+    assert floor_seconds(flops, INT8_STATIC, no_int8)[0] is None
 
 
 def test_synthetic_inputs_have_the_exact_shape():
@@ -194,7 +195,7 @@ def test_synthetic_inputs_have_the_exact_shape():
 def test_round_robin_rotates_and_gives_every_run_the_same_count():
     calls: list[str] = []
     runs = [lambda n=n: calls.append(n) or n for n in "abc"]
-    samples, first = round_robin(runs, duration=0.0, min_rounds=4)
+    samples, first = round_robin(runs, duration=0.0, min_rounds=4, pacing=QUIET)
     assert [len(s) for s in samples] == [4, 4, 4] and first == ["a", "b", "c"]
     assert calls == list("abcbcacababc")
 
@@ -202,7 +203,7 @@ def test_round_robin_rotates_and_gives_every_run_the_same_count():
 def test_round_robin_turns_settle_then_time_a_block():
     calls: list[str] = []
     runs = [lambda n=n: calls.append(n) or n for n in "ab"]
-    samples, _ = round_robin(runs, duration=0.0, min_rounds=2, settle=1, block=2)
+    samples, _ = round_robin(runs, 0.0, min_rounds=2, settle=1, block=2, pacing=QUIET)
     assert [len(s) for s in samples] == [4, 4]  # settling runs are not timed
     assert calls == list("aaabbbbbbaaa")
 
@@ -251,27 +252,50 @@ def test_int8_gemm_chain_is_the_weight_products_of_the_floor(tmp_path):
     assert np.isfinite(sequence).all() and 0.1 < sequence.std() < 10
 
 
-def test_bench_sessions_run_with_spinning_off(tiny_bundle):
+def test_bench_sessions_spin_as_served_and_no_spinning_is_labelled(tiny_bundle):
     from fastelectra.bench.variants import OnnxVariant, variant_from_spec
     from fastelectra.runtime.providers import plan_execution
 
     key = "session.intra_op.allow_spinning"
-    # Serving keeps onnxruntime's default: no entry, threads spin.
+    # Serving keeps onnxruntime's default: no entry, threads spin; the bench times that.
     serving = plan_execution("cpu", 1)
     assert serving.allow_spinning
-    with pytest.raises(RuntimeError, match="does not have configuration"):
-        serving.session_options().get_session_config_entry(key)
     variant = OnnxVariant.from_bundle(tiny_bundle, "cpu", 1)
     plan = variant.session.plan
-    assert not plan.allow_spinning and variant.describe()["allow_spinning"] is False
-    options = plan.session_options()
+    assert plan.allow_spinning and variant.describe()["allow_spinning"] is True
+    assert variant.name == tiny_bundle.name
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        plan.session_options().get_session_config_entry(key)
+    # The memory runs rebuild each variant from its spec: the same sessions.
+    assert variant_from_spec(variant.spec).session.plan.allow_spinning
+    quiet = OnnxVariant.from_bundle(tiny_bundle, "cpu", 1, allow_spinning=False)
+    assert not quiet.session.plan.allow_spinning and quiet.name.endswith("+no-spinning")
+    options = quiet.session.plan.session_options()
     assert options.get_session_config_entry(key) == "0"
     assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
-    # The memory runs rebuild each variant from its spec: the same sessions.
-    assert not variant_from_spec(variant.spec).session.plan.allow_spinning
-    spinning = OnnxVariant.from_bundle(tiny_bundle, "cpu", 1, allow_spinning=True)
-    assert spinning.session.plan.allow_spinning and spinning.name.endswith("+spinning")
-    assert variant_from_spec(spinning.spec).session.plan.allow_spinning
+    assert not variant_from_spec(quiet.spec).session.plan.allow_spinning
+
+
+def test_served_pacing_idles_before_every_turn_and_blocks_fill_it(monkeypatch):
+    """Each turn starts after the idle (the last variant's spin ends); a block holds as many
+    timed runs as the fastest variant needs to fill `turn_s`, the same for every variant; the
+    quiet pacing neither sleeps nor lengthens a block."""
+    from fastelectra.bench import cells
+
+    events: list[str] = []
+    monkeypatch.setattr(cells.time, "sleep", lambda s: events.append(f"idle {s}"))
+    runs = [lambda n=n: events.append(n) for n in "ab"]
+    pacing = cells.Pacing(idle_s=0.3, turn_s=0.2)
+    samples, _ = cells.round_robin(runs, 0.0, 1, settle=1, block=4, pacing=pacing)
+    assert events == ["idle 0.3", *["a"] * 5, "idle 0.3", *["b"] * 5]  # 1 settle + 4 timed
+    assert [len(s) for s in samples] == [4, 4]
+    events.clear()
+    samples, _ = cells.round_robin(runs, 0.0, 1, settle=1, block=3, pacing=cells.QUIET)
+    assert events == [*["a"] * 4, *["b"] * 4] and [len(s) for s in samples] == [3, 3]
+
+    assert pacing.block_runs(0.002) == 100  # a 2 ms run: 100 of them fill 0.2 s
+    assert pacing.block_runs(1.5) == cells.BLOCK_RUNS  # never fewer than the block
+    assert cells.QUIET.block_runs(0.002) == cells.BLOCK_RUNS
 
 
 def test_cpu_kind_names_family_and_widest_isa(tmp_path):
@@ -352,13 +376,13 @@ def test_floor_is_the_larger_of_compute_and_weight_streaming():
     rates = GemmRates(2, (8, 8, 8), numpy_fp32=1e11, onnxruntime_fp32=2e11, onnxruntime_int8=8e11)
     weights, bandwidth = 1.34e9, 20e9
     small = cell_flops(dims, batch=1, seq=16)
-    floor = cell_floor(small, "fp32", rates, int(weights), bandwidth)
+    floor = cell_floor(small, FP32, rates, int(weights), bandwidth)
     assert floor.compute_seconds == pytest.approx(small.total / 2e11)
     assert floor.memory_seconds == pytest.approx(weights / bandwidth)
     assert floor.bound == "memory" and floor.seconds == floor.memory_seconds
     big = cell_flops(dims, batch=32, seq=512)
-    floor = cell_floor(big, "fp32", rates, int(weights), bandwidth)
+    floor = cell_floor(big, FP32, rates, int(weights), bandwidth)
     assert floor.bound == "compute" and floor.seconds == floor.compute_seconds
     # Without a bandwidth figure the floor is the compute floor, as before.
-    alone = cell_floor(small, "fp32", rates, int(weights), None)
-    assert alone.seconds == floor_seconds(small, "fp32", rates)[0] and alone.bound == "compute"
+    alone = cell_floor(small, FP32, rates, int(weights), None)
+    assert alone.seconds == floor_seconds(small, FP32, rates)[0] and alone.bound == "compute"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -10,6 +11,7 @@ import pytest
 from fastelectra.bundle import FORMAT_VERSION, load_bundle, sha256_file
 from fastelectra.cli import main
 from fastelectra.convert.build import VerificationFailed, build
+from fastelectra.precisions import FP32, Gate
 
 
 def test_bundle_files_and_metadata(tiny_bundle):
@@ -80,22 +82,21 @@ def test_verification_report(tiny_bundle):
     assert report["thresholds"]["pooled_output"]["max_abs_diff"] == 1e-4
 
 
-def test_failed_gate_writes_nothing(tiny_module, tmp_path, monkeypatch):
-    import fastelectra.convert.verify as verify
-
-    impossible = {
-        "pooled_output": {"max_abs_diff": -1.0},
-        "sequence_output": {"max_abs_diff": -1.0},
-    }
-    monkeypatch.setitem(verify.THRESHOLDS, "fp32", impossible)
+def test_failed_gate_writes_nothing(tiny_module, tmp_path):
+    impossible = Gate(
+        {"pooled_output": {"max_abs_diff": -1.0}, "sequence_output": {"max_abs_diff": -1.0}}
+    )
+    strict_fp32 = dataclasses.replace(FP32, gate=impossible)
     texts = tmp_path / "texts.txt"
     texts.write_text("hello world\nsecond text\tas a pair\n")
     out = tmp_path / "bundle"
     with pytest.raises(VerificationFailed, match="failed verification"):
-        build(tiny_module, out, verify_texts=texts, progress=None)
+        build(tiny_module, out, precision=strict_fp32, verify_texts=texts, progress=None)
     assert list(tmp_path.iterdir()) == [texts]  # no bundle, no staging or work leftovers
 
-    result = build(tiny_module, out, verify_texts=texts, force=True, progress=None)
+    result = build(
+        tiny_module, out, precision=strict_fp32, verify_texts=texts, force=True, progress=None
+    )
     assert result.verification["passed"] is False
     assert json.loads((out / "verification.json").read_text())["passed"] is False
 

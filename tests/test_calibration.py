@@ -134,6 +134,7 @@ def test_an_int8_build_reads_and_tokenizes_its_corpus_once(tiny_bundle, tmp_path
     take the one tokenized corpus."""
     from fastelectra.calibration import feeds
     from fastelectra.convert.precision import convert_precision
+    from fastelectra.precisions import INT8_STATIC
     from fastelectra.runtime import tokenizer
 
     calls = {"read": 0, "encode": 0}
@@ -151,7 +152,7 @@ def test_an_int8_build_reads_and_tokenizes_its_corpus_once(tiny_bundle, tmp_path
     monkeypatch.setattr(feeds, "encode_texts", counted_encode)
     monkeypatch.setattr(tokenizer, "encode_texts", counted_encode)
     convert_precision(
-        "int8-static",
+        INT8_STATIC,
         tiny_bundle / "model.onnx",
         tmp_path / "model.onnx",
         staging=tmp_path,

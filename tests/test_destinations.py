@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from test_runtime import write_synthetic_bundle
 
-from fastelectra.bundle import BUNDLE, staged_directory
+from fastelectra.bundle import BUNDLE
 from fastelectra.cli import main
 from fastelectra.destinations import DestinationError, check_directory, check_file
 from fastelectra.runtime.writers import JSONL, NPY
+from fastelectra.workdirs import staged_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "import sys; from fastelectra.cli import main; sys.exit(main())"]
@@ -126,7 +127,7 @@ def test_a_bundle_of_ours_and_an_empty_folder_may_be_replaced(synthetic, tmp_pat
     check_directory(tmp_path / "empty", BUNDLE)
     check_directory(synthetic, BUNDLE)
     copy = Path(shutil.copytree(synthetic, tmp_path / "copy"))
-    with staged_directory(copy) as staging:
+    with staged_directory(copy, BUNDLE) as staging:
         (staging / "fresh").write_text("new")
     assert [p.name for p in copy.iterdir()] == ["fresh"]
 
@@ -137,7 +138,7 @@ def test_a_bundle_with_a_users_file_in_it_is_refused(synthetic, tmp_path):
     with pytest.raises(DestinationError, match=r"my-notes\.md"):
         check_directory(copy, BUNDLE)
     before = snapshot(copy)
-    with pytest.raises(DestinationError), staged_directory(copy):
+    with pytest.raises(DestinationError), staged_directory(copy, BUNDLE):
         pass
     assert snapshot(copy) == before
 
@@ -145,7 +146,10 @@ def test_a_bundle_with_a_users_file_in_it_is_refused(synthetic, tmp_path):
 def test_files_added_during_a_build_are_not_replaced(synthetic, tmp_path):
     """The check runs again right before the swap: a file the user put there meanwhile stays."""
     copy = Path(shutil.copytree(synthetic, tmp_path / "copy"))
-    with pytest.raises(DestinationError, match=r"late\.txt"), staged_directory(copy) as staging:
+    with (
+        pytest.raises(DestinationError, match=r"late\.txt"),
+        staged_directory(copy, BUNDLE) as staging,
+    ):
         (staging / "fresh").write_text("new")
         (copy / "late.txt").write_text("added while the build ran")
     assert (copy / "late.txt").exists() and not (copy / "fresh").exists()
@@ -261,6 +265,9 @@ def test_embed_interrupted_leaves_nothing(synthetic, tmp_path, sig):
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
+        # A shell starts background jobs with SIGINT ignored, and the child would inherit
+        # that: give it the default disposition a terminal's Ctrl-C meets.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdin is not None
     process.stdin.write(b"first line\n")

@@ -17,6 +17,7 @@ import pytest
 from test_runtime import write_synthetic_bundle
 
 from fastelectra.bundle import MODEL_FILE, finalize_meta, load_bundle
+from fastelectra.precisions import FP16, FP32
 from fastelectra.runtime import EncoderOutput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def fp16_bundle(fp32_bundle, tmp_path_factory) -> Path:
     out = shutil.copytree(fp32_bundle, tmp_path_factory.mktemp("bundles") / "synthetic-fp16")
     to_fp16(fp32_bundle / MODEL_FILE, out / MODEL_FILE)
     meta = load_bundle(out, verify_hashes=False).meta
-    meta.precision = "fp16"
+    meta.precision = FP16
     finalize_meta(out, meta)
     return out
 
@@ -97,14 +98,14 @@ def test_a_failed_gate_fails_the_run(fp32_bundle, tmp_path, monkeypatch, capsys)
 def test_gate_failures_follow_the_build_gates():
     good = {name: {"max_abs_diff": 0.0, "mean_cosine": 1.0, "min_cosine": 1.0} for name in "ps"}
     figures = {"pooled_output": dict(good["p"]), "sequence_output": dict(good["s"])}
-    assert gpu_check.gate_failures(figures, "fp32") == []
+    assert gpu_check.gate_failures(figures, FP32) == []
     figures["sequence_output"]["max_abs_diff"] = 2e-4
-    assert gpu_check.gate_failures(figures, "fp32") == [
+    assert gpu_check.gate_failures(figures, FP32) == [
         "sequence_output max_abs_diff 0.0002 > 0.0001"
     ]
-    assert gpu_check.gate_failures(figures, "fp16") == []  # FP16 is judged by cosine only
+    assert gpu_check.gate_failures(figures, FP16) == []  # FP16 is judged by cosine only
     figures["pooled_output"]["min_cosine"] = 0.999
-    assert gpu_check.gate_failures(figures, "fp16") == ["pooled_output min_cosine 0.999 < 0.9995"]
+    assert gpu_check.gate_failures(figures, FP16) == ["pooled_output min_cosine 0.999 < 0.9995"]
 
 
 def test_compare_outputs_measures_unpadded_rows():

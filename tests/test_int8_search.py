@@ -14,7 +14,7 @@ from fastelectra.convert.int8_search import (
     spread_sample,
     tightened,
 )
-from fastelectra.convert.verify import THRESHOLDS
+from fastelectra.precisions import INT8_DYNAMIC, Gate
 
 
 def _dynamic_quantize_dequantize() -> onnx.ModelProto:
@@ -75,11 +75,10 @@ def _fake_search(damage_by_k: dict[int, float], bound: float = 0.98):
             "spearman_vs_tensorflow": cos,
         }
 
-    thresholds = {
-        "pooled_output": {"min_cosine": bound},
-        "mean_pooled_sequence": {"min_cosine": bound},
-        "spearman_vs_fp32": bound,
-    }
+    thresholds = Gate(
+        {"pooled_output": {"min_cosine": bound}, "mean_pooled_sequence": {"min_cosine": bound}},
+        spearman_vs_fp32=bound,
+    )
     return ranked, quantize, evaluate, thresholds, state
 
 
@@ -107,10 +106,10 @@ def test_search_refuses_a_model_int8_cannot_serve():
 
 
 def test_tightened_gate_keeps_a_margin():
-    gate = tightened(THRESHOLDS["int8-dynamic"])
-    assert gate["mean_pooled_sequence"]["min_cosine"] == pytest.approx(0.985)
-    assert gate["pooled_output"]["mean_cosine"] == pytest.approx(0.99625)
-    assert gate["spearman_vs_fp32"] == pytest.approx(0.9925)
+    gate = tightened(INT8_DYNAMIC.gate)
+    assert gate.bounds["mean_pooled_sequence"]["min_cosine"] == pytest.approx(0.985)
+    assert gate.bounds["pooled_output"]["mean_cosine"] == pytest.approx(0.99625)
+    assert gate.spearman_vs_fp32 == pytest.approx(0.9925)
 
 
 def test_spread_sample_covers_short_and_long():

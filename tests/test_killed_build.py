@@ -74,10 +74,11 @@ def test_a_bundle_parked_by_a_killed_swap_is_put_back(tmp_path):
 
 
 def test_an_interrupt_between_the_swaps_renames_keeps_the_old_bundle(tmp_path, monkeypatch):
-    import fastelectra.bundle as bundle
+    import fastelectra.workdirs as workdirs
+    from fastelectra.bundle import BUNDLE
 
     out = _leftover(tmp_path / "out", ("old.onnx",))
-    # A bundle: the only kind of directory `staged_directory` replaces.
+    # A bundle: the only kind of directory `staged_directory(out, BUNDLE)` replaces.
     meta = {"format": "fastelectra-bundle", "files": {"old.onnx": "sha256"}}
     (out / "fastelectra.json").write_text(json.dumps(meta))
     renames = []
@@ -88,8 +89,8 @@ def test_an_interrupt_between_the_swaps_renames_keeps_the_old_bundle(tmp_path, m
             raise KeyboardInterrupt
         os.rename(src, dst)
 
-    monkeypatch.setattr(bundle.os, "replace", interrupted_second)
-    with pytest.raises(KeyboardInterrupt), bundle.staged_directory(out) as staging:
+    monkeypatch.setattr(workdirs.os, "replace", interrupted_second)
+    with pytest.raises(KeyboardInterrupt), workdirs.staged_directory(out, BUNDLE) as staging:
         (staging / "new.onnx").write_text("x")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert sorted(p.name for p in out.iterdir()) == ["fastelectra.json", "old.onnx"]

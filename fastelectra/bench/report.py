@@ -136,11 +136,12 @@ def sections(results: dict[str, Any]) -> list[Section]:
                 r["speedup_vs_st_torch"],
                 fmt_cosine(accuracy.get(r["variant"], {}).get("mean_cosine")),
                 fmt_cosine(accuracy.get(r["variant"], {}).get("min_cosine")),
+                gate_mark(accuracy.get(r["variant"], {}).get("gate")),
             ]
             for r in peers["runs"]
         ]
         headers = ["variant", "batch", "texts/s", "tokens/s", "× st-torch"]
-        headers += [f"mean cos vs {peers['reference']}", "min cos"]
+        headers += [f"mean cos vs {peers['reference']}", "min cos", "gate"]
         title = f"Peers: {peers['texts']} texts, max {peers['max_seq_length']} tokens"
         out.append((title, headers, rows))
     traffic = results.get("traffic")
@@ -168,6 +169,13 @@ def sections(results: dict[str, Any]) -> list[Section]:
     return out
 
 
+def gate_mark(verdict: dict[str, Any] | None) -> str:
+    """A peer table's gate column: pass, or FAIL with what missed."""
+    if not verdict:
+        return ""
+    return "pass" if verdict["passed"] else "FAIL: " + "; ".join(verdict["failures"])
+
+
 def peer_notes(peers: dict[str, Any]) -> list[str]:
     """How the OpenVINO peers were made, and which peers did not run and why (one line per
     reason: the OpenVINO peers and sentence-transformers' ONNX ones miss for different ones)."""
@@ -181,7 +189,12 @@ def peer_notes(peers: dict[str, Any]) -> list[str]:
             f"{versions['nncf']} quantize(model_type={nncf['model_type']}, "
             f"subset_size={nncf['subset_size']}) on {nncf['calibration_texts']} in "
             f"{fmt(ov['quantize_s'])} s; CPU plugin "
-            + ", ".join(f"{k}={v}" for k, v in ov["config"].items())
+            + "; ".join(
+                f"{name}: "
+                + (", ".join(f"{k}={v}" for k, v in config.items()))
+                + f" (runs {ov['in_effect'][name]['INFERENCE_PRECISION_HINT']})"
+                for name, config in ov["config"].items()
+            )
         )
     reasons: dict[str, list[str]] = {}
     for peer in peers.get("excluded", []):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fastelectra.bench.cells import round_robin
+from fastelectra.bench.cells import SERVED, Pacing, round_robin
 from fastelectra.bench.texts import cosine_to, truncation_expected
 from fastelectra.bench.variants import OnnxVariant
 from fastelectra.errors import InputError
@@ -69,6 +69,7 @@ def run_traffic(
     duration: float,
     warmup: int,
     progress: Callable[[str], None],
+    pacing: Pacing = SERVED,
 ) -> dict[str, Any]:
     if not variants:
         raise InputError("traffic needs at least one bundle")
@@ -109,7 +110,7 @@ def run_traffic(
             if warmup > 0:  # one untimed pass warms every shape the timed passes will use
                 for run in runs:
                     run()
-            samples, first = round_robin(runs, duration, min_rounds=1)
+            samples, first = round_robin(runs, duration, min_rounds=1, pacing=pacing)
         timing = dict(zip(names, samples, strict=True))
         vectors = dict(zip(names, first, strict=True))
         padded = {"dynamic": padded_tokens(lengths, batch), "fixed": len(texts) * pad_to}

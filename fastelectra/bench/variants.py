@@ -24,7 +24,7 @@ import numpy as np
 from fastelectra.bench.weights import WeightBytes, fp32_weight_bytes, model_weight_bytes
 from fastelectra.bundle import OUTPUT_NAMES, Bundle, Dimensions, load_bundle
 from fastelectra.errors import InputError
-from fastelectra.precisions import FP32
+from fastelectra.precisions import FP32, Precision, precision_named
 from fastelectra.runtime.encoder import Encoder
 from fastelectra.runtime.providers import Providers, plan_execution, plan_for_bundle
 from fastelectra.runtime.session import EncoderSession
@@ -35,16 +35,18 @@ if TYPE_CHECKING:
 
 TENSORFLOW = "tensorflow"
 ONNXRUNTIME = "onnxruntime"
-# Every onnxruntime session `bench` times runs with its threads' spinning off: onnxruntime's
-# workers otherwise spin for work after a run returns and take the cores of the variant timed
-# next (measured in fastelectra/bench/cells.py's doc). Serving keeps onnxruntime's default.
-BENCH_ALLOW_SPINNING = False
+# `bench` times onnxruntime sessions as the runtime serves them: worker threads spin for work
+# after a run (onnxruntime's default, which serving keeps), with an idle gap before each turn
+# so that one variant's spin does not take the next one's cores (`cells.Pacing`).
+# `--no-spinning` times them with spinning off, named "<bundle>+no-spinning".
+BENCH_ALLOW_SPINNING = True
+NO_SPINNING_SUFFIX = "+no-spinning"
 
 
 class Variant(ABC):
     name: str
     framework: str
-    precision: str
+    precision: Precision
     dimensions: Dimensions
     device: str
     spec: dict[str, Any]
@@ -64,7 +66,7 @@ class Variant(ABC):
         return {
             "name": self.name,
             "framework": self.framework,
-            "precision": self.precision,
+            "precision": self.precision.name,
             "device": self.device,
             "dimensions": asdict(self.dimensions),
             "spec": self.spec,
@@ -81,7 +83,7 @@ class OnnxVariant(Variant):
         self,
         name: str,
         session: EncoderSession,
-        precision: str,
+        precision: Precision,
         dimensions: Dimensions,
         spec: dict[str, Any],
         bundle: Bundle | None = None,
@@ -107,7 +109,8 @@ class OnnxVariant(Variant):
     ) -> OnnxVariant:
         """``split_skip_layernorm=False`` keeps onnxruntime's CPU SkipLayerNorm kernel (named
         ``<bundle>+ort-skipln``), to measure what `cpu_view`'s split is worth.
-        ``allow_spinning=True`` keeps onnxruntime's spinning threads (`BENCH_ALLOW_SPINNING`)."""
+        ``allow_spinning=False`` turns onnxruntime's spinning threads off (named
+        ``<bundle>+no-spinning``)."""
         started = time.perf_counter()
         bundle = load_bundle(path)
         meta = bundle.meta
@@ -126,9 +129,9 @@ class OnnxVariant(Variant):
         if not split_skip_layernorm:
             spec["split_skip_layernorm"] = False
             name += "+ort-skipln"
-        if allow_spinning != BENCH_ALLOW_SPINNING:
-            spec["allow_spinning"] = allow_spinning
-            name += "+spinning"
+        if not allow_spinning:
+            spec["allow_spinning"] = False
+            name += NO_SPINNING_SUFFIX
         variant = cls(name, session, meta.precision, meta.dimensions, spec, bundle)
         variant.load_seconds = time.perf_counter() - started
         return variant
@@ -138,25 +141,27 @@ class OnnxVariant(Variant):
         cls,
         name: str,
         model_path: str | Path,
-        precision: str,
+        precision: Precision,
         dimensions: Dimensions,
         providers: Providers = None,
         threads: int | None = None,
+        allow_spinning: bool = BENCH_ALLOW_SPINNING,
     ) -> OnnxVariant:
         """A bare ONNX file with the bundle IO (e.g. the unfused export, which is no bundle)."""
         started = time.perf_counter()
         plan = dataclasses.replace(
-            plan_execution(providers, threads), allow_spinning=BENCH_ALLOW_SPINNING
+            plan_execution(providers, threads), allow_spinning=allow_spinning
         )
         session = EncoderSession(model_path, plan)
         spec = {
             "kind": "model",
             "name": name,
             "path": str(model_path),
-            "precision": precision,
+            "precision": precision.name,
             "dimensions": asdict(dimensions),
             "providers": providers,
             "threads": threads,
+            "allow_spinning": allow_spinning,
         }
         variant = cls(name, session, precision, dimensions, spec)
         variant.load_seconds = time.perf_counter() - started
@@ -228,7 +233,7 @@ class TensorFlowVariant(Variant):
     """The original SavedModel through its own `tf.function`, as `fastelectra verify` runs it."""
 
     framework = TENSORFLOW
-    precision = FP32.name
+    precision = FP32
     device = "cpu"
 
     def __init__(self, source: EncoderSource, spec_source: str, threads: dict[str, int]) -> None:
@@ -284,10 +289,11 @@ def variant_from_spec(spec: dict[str, Any]) -> Variant:
         return OnnxVariant.from_model(
             spec["name"],
             spec["path"],
-            spec["precision"],
+            precision_named(spec["precision"]),  # a spec is JSON: the name parsed here
             Dimensions(**spec["dimensions"]),
             spec.get("providers"),
             spec.get("threads"),
+            spec.get("allow_spinning", BENCH_ALLOW_SPINNING),
         )
     if kind == "tensorflow":
         return TensorFlowVariant.load(spec["source"], spec["threads"])

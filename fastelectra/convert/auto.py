@@ -27,18 +27,18 @@ from fastelectra.bundle import (
     BundleMeta,
     load_bundle,
     read_json,
-    staged_directory,
     write_json_atomic,
 )
 from fastelectra.cpu import this_cpu
 from fastelectra.destinations import check_directory
 from fastelectra.errors import InputError
-from fastelectra.workdirs import remove_abandoned, scratch_directory
+from fastelectra.precisions import FP32, INT8_DYNAMIC, Precision
+from fastelectra.workdirs import remove_abandoned, scratch_directory, staged_directory
 
 AUTO = "auto"
 # CPU candidates: fp16 is for GPUs, and onnxruntime's CPU kernels run the static QDQ graph
 # slower than FP32 (docs/performance.md).
-CANDIDATES = ("fp32", "int8-dynamic")
+CANDIDATES = (FP32, INT8_DYNAMIC)
 DEFAULT_SHAPES = ((1, 16), (1, 128))
 TIMED_SECONDS = 1.0  # per candidate and shape, after the warm-up
 MIN_RUNS = 5
@@ -57,7 +57,7 @@ def build_auto(
     source: str | Path,
     out: str | Path,
     target_shapes: Sequence[tuple[int, int]] = DEFAULT_SHAPES,
-    candidates: Sequence[str] = CANDIDATES,
+    candidates: Sequence[Precision] = CANDIDATES,
     threads: int | None = None,
     **build_options: Any,
 ) -> Any:
@@ -78,12 +78,13 @@ def build_auto(
     remove_abandoned(out)
     with scratch_directory(out, "work") as work:
         for precision in candidates:
+            name = precision.name
             try:
-                result = build(source, work / precision, precision=precision, **build_options)
+                result = build(source, work / name, precision=precision, **build_options)
             except VerificationFailed as failed:
-                figures[precision] = {"passed": False, "failures": failed.report["failures"]}
+                figures[name] = {"passed": False, "failures": failed.report["failures"]}
                 continue
-            results[precision] = result
+            results[name] = result
             max_positions = result.meta.max_sequence_length
         if not results:
             raise VerificationFailed(
@@ -146,7 +147,7 @@ def _install(candidate: Path, out: Path, record: dict[str, Any]) -> None:
     """Move the chosen candidate's files to `out` (atomically), its metadata carrying `record`."""
     meta = BundleMeta.from_json(read_json(candidate / META_FILE))
     meta.auto = record
-    with staged_directory(out) as staging:
+    with staged_directory(out, BUNDLE) as staging:
         for item in candidate.iterdir():
             shutil.move(str(item), str(staging / item.name))
         # fastelectra.json is not among the hashed files: rewriting it leaves the hashes true.

@@ -26,16 +26,20 @@ from fastelectra.bundle import (
     VERIFICATION_FILE,
     BundleMeta,
     finalize_meta,
-    staged_directory,
     write_json_atomic,
 )
 from fastelectra.convert.console import captured_output, printer
 from fastelectra.convert.steps import Steps, mb
 from fastelectra.destinations import check_directory
 from fastelectra.errors import FastElectraError
-from fastelectra.precisions import FP32, SMOOTHING_OFF, precision_named
+from fastelectra.precisions import FP32, SMOOTHING_OFF, Precision, as_precision
 from fastelectra.version import installed_versions
-from fastelectra.workdirs import cleanup_on_signals, remove_abandoned, scratch_directory
+from fastelectra.workdirs import (
+    cleanup_on_signals,
+    remove_abandoned,
+    scratch_directory,
+    staged_directory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +80,10 @@ def tool_versions() -> dict[str, str]:
     return installed_versions(BUILD_TOOLS)
 
 
-def smoothing_alpha(precision: str, asked: float | str | None) -> float | None:
+def smoothing_alpha(precision: Precision, asked: float | str | None) -> float | None:
     """The alpha to smooth with: `asked`, the precision's own when None, none for "off"."""
     if asked is None:
-        return precision_named(precision).int8_smoothing
+        return precision.int8_smoothing
     return None if asked == SMOOTHING_OFF else float(asked)
 
 
@@ -87,7 +91,7 @@ def smoothing_alpha(precision: str, asked: float | str | None) -> float | None:
 def build(
     source: str | Path,
     out: str | Path,
-    precision: str = FP32.name,
+    precision: Precision | str = FP32,
     verify_texts: str | Path | None = None,
     calibration_texts: str | Path | None = None,
     calibration_method: str = "minmax",
@@ -99,6 +103,8 @@ def build(
     verbose: bool = False,
 ) -> BuildResult:
     """Convert `source` into a verified bundle at `out` (see the module docstring).
+
+    `precision`: a row of `fastelectra.precisions` or its name; its gate judges the build.
 
     `int8_smoothing`: SmoothQuant's alpha before INT8, "off", or None for the precision's
     own (`fastelectra.precisions`).
@@ -115,7 +121,8 @@ def build(
     from fastelectra.convert.verify import default_texts, format_report
     from fastelectra.runtime.lines import read_texts
 
-    converted = precision_named(precision).converted
+    precision = as_precision(precision)
+    converted = precision.converted
     started = time.perf_counter()
     say = progress or (lambda _message: None)
     out = Path(out)
@@ -144,14 +151,14 @@ def build(
             # its weights kept apart so that step does not parse them twice.
             fusion = fuse(stage.exported, work / "fused.onnx", dims, external_data=converted)
         say(f"  fused ops: {fusion.counts}")
-        with staged_directory(out) as staging:
+        with staged_directory(out, BUNDLE) as staging:
             shutil.copyfile(stage.tokenizer, staging / TOKENIZER_FILE)
             model_path = staging / MODEL_FILE
             quantization: dict[str, Any] = {}
             if not converted:
                 _move_model(work / "fused.onnx", model_path)
             else:
-                with step("precision", f"converting to {precision}"):
+                with step("precision", f"converting to {precision.name}"):
                     from fastelectra.convert.precision import convert_precision
 
                     quantization = convert_precision(
@@ -206,7 +213,7 @@ def build(
             meta.quantization.setdefault("export_route", stage.export_route)
             finalize_meta(staging, meta)
         say(
-            f"wrote {out} ({precision}) in {time.perf_counter() - started:.1f} s, "
+            f"wrote {out} ({precision.name}) in {time.perf_counter() - started:.1f} s, "
             f"peak RSS {mb(meta.memory['peak_rss_mb'])}"
         )
     return BuildResult(out, meta, report, step.timings, meta.memory)
@@ -216,7 +223,7 @@ def verify_model(
     tensorflow: Any,
     model_path: Path,
     tokenizer_path: Path,
-    precision: str,
+    precision: Precision,
     texts: list[tuple[str, str | None]],
     fp32_model: Path | None = None,
     max_length: int = 512,

@@ -11,17 +11,15 @@ import json
 import sys
 
 from fastelectra.errors import UsageError
-from fastelectra.precisions import SMOOTHING_OFF
+from fastelectra.precisions import FP32, PRECISIONS, SMOOTHING_OFF, as_precision
 
 
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
-    from fastelectra.bundle import PRECISIONS
-
     p.add_argument("source", help="SavedModel dir, .tar.gz module, TF Hub handle, or a preset name")
     p.add_argument("-o", "--out", required=True, help="bundle directory to write")
     p.add_argument(
         "--precision",
-        default="fp32",
+        default=FP32.name,
         choices=(*PRECISIONS, "auto"),
         help="auto: build fp32 and int8-dynamic, time both here, keep the fastest that passes",
     )
@@ -115,7 +113,8 @@ def run_build(args: argparse.Namespace) -> int:
         return 0
     if args.target_shape:
         raise UsageError("--target-shape is for --precision auto")
-    build(resolve_source(args.source), args.out, precision=args.precision, **options)
+    precision = as_precision(args.precision)  # the one parse: inward, a `Precision`
+    build(resolve_source(args.source), args.out, precision=precision, **options)
     return 0
 
 
@@ -175,7 +174,7 @@ def run_info(args: argparse.Namespace) -> int:
     d = meta.dimensions
     print(f"bundle      {bundle.path}")
     print(f"source      {meta.source}")
-    print(f"precision   {meta.precision}")
+    print(f"precision   {meta.precision.name}")
     print(
         f"dimensions  {d.layers} layers, hidden {d.hidden}, {d.heads} heads, FFN {d.intermediate}, "
         f"vocab {d.vocab_size}, max positions {d.max_positions} ({d.params / 1e6:.1f}M params)"

@@ -116,11 +116,7 @@ def fuse(
         )
         optimized.prune_graph(allow_remove_graph_inputs=False)
     rewritten.unlink(missing_ok=True)
-    projection = EinsumOutputProjection(optimized, dims)
-    projection.apply()
-    if not allow_partial:
-        projection.check()
-    rewrites[projection.name] = {"count": projection.count, "required": projection.required}
+    EinsumOutputProjection(optimized, dims).run(rewrites, check=not allow_partial)
 
     report = FusionReport(fused_counts(optimized.model), expected_counts(dims), rewrites)
     if not report.complete and not allow_partial:

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastelectra.convert.cache import cache_dir
+from fastelectra.convert.cache import MODULE, RELEASE_CODE, cache_dir
 from fastelectra.convert.source import SourceError
+from fastelectra.workdirs import scratch_directory, staged_directory
 
 
 @dataclass(frozen=True)
@@ -106,15 +105,8 @@ def release_dir(release: str) -> Path:
                 f"could not fetch tf-models-official=={release} from PyPI: "
                 f"{done.stderr.strip()[-500:]}"
             )
-    staging = Path(tempfile.mkdtemp(prefix=f".{release}.", dir=root))
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            z.extractall(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged_directory(target, RELEASE_CODE) as staging, zipfile.ZipFile(wheel) as z:
+        z.extractall(staging)
     return target
 
 
@@ -134,18 +126,16 @@ def build_generation_module(
 ) -> Path:
     """Write the module of `release`'s `exporter` with `dims` (random weights) to `out`."""
     code = release_dir(release)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with scratch_directory(out, "work") as work, staged_directory(out, MODULE) as staging:
         spec = dict(dims)
         spec.update(
             exporter=exporter,
-            out=str(staging / "module"),
+            out=str(staging),
             vocab_file=str(vocab_file),
             do_lower_case=do_lower_case,
             seed=seed,
         )
-        spec_file = staging / "spec.json"
+        spec_file = work / "spec.json"
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -164,9 +154,4 @@ def build_generation_module(
         used = json.loads(done.stdout.strip().splitlines()[-1])["official"]
         if Path(used).resolve() != (code / "official").resolve():
             raise SourceError(f"the export ran TF Models from {used}, not release {release}")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging / "module", out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out

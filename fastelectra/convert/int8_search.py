@@ -142,29 +142,28 @@ def captured_inputs(
         yield {name: x.reshape(-1, x.shape[-1]) for name, x in zip(captured, outputs, strict=True)}
 
 
-def tightened(thresholds: dict[str, Any], margin: float = MARGIN) -> dict[str, Any]:
-    """Each lower bound of the gate `thresholds` moved `margin` of the way from itself to 1."""
+def tightened(gate: Gate, margin: float = MARGIN) -> Gate:
+    """Each lower bound of `gate` moved `margin` of the way from itself to 1."""
 
     def tighten(bound: float) -> float:
         return round(1.0 - (1.0 - bound) * (1.0 - margin), 6)
 
-    gate = Gate.from_json(thresholds)
     bounds = {
         section: {m: tighten(b) for m, b in metrics.items() if m not in UPPER_BOUND_METRICS}
         for section, metrics in gate.bounds.items()
     }
     spearman = gate.spearman_vs_fp32
-    return Gate(bounds, None if spearman is None else tighten(spearman)).to_json()
+    return Gate(bounds, None if spearman is None else tighten(spearman))
 
 
 def search_fp32_nodes(
     ranked: Sequence[tuple[str, float]],
     quantize: Quantize,
     evaluate: Evaluate,
-    thresholds: dict[str, Any],
+    gate: Gate,
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
-    """The fewest most-sensitive nodes to keep FP32 so that the model passes `thresholds`.
+    """The fewest most-sensitive nodes to keep FP32 so that the model passes `gate`.
 
     Leaves the chosen candidate written (via `quantize`). Raises `RuntimeError` when even
     keeping every node but one FP32 fails: INT8 cannot serve this model.
@@ -177,7 +176,7 @@ def search_fp32_nodes(
     def passes(k: int) -> bool:
         quantize(names[:k])
         report = evaluate()
-        failures = gate_failures(report, thresholds)
+        failures = gate_failures(report, gate)
         steps.append(
             {
                 "fp32_nodes": k,

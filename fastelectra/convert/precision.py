@@ -20,7 +20,7 @@ import onnx
 
 from fastelectra.convert.int8 import INT8_OPS, DynamicInt8, Int8Quantizer
 from fastelectra.errors import InputError
-from fastelectra.precisions import precision_named
+from fastelectra.precisions import Precision
 
 if TYPE_CHECKING:
     from fastelectra.convert.int8_search import SearchResult
@@ -34,7 +34,7 @@ FP16_KEEP_FP32 = ["LayerNormalization", "Softmax"]
 
 
 def convert_precision(
-    precision: str,
+    precision: Precision,
     fused: Path,
     dst: Path,
     *,
@@ -55,11 +55,11 @@ def convert_precision(
     (SmoothQuant's alpha, `fastelectra.convert.smoothing`) evens out activation outliers
     first; None quantises the fused graph as it is.
     """
-    conversion = precision_named(precision).conversion
+    conversion = precision.conversion
     if conversion == "float16":
         return to_fp16(fused, dst)
     if conversion not in ("quantize-dynamic", "quantize-static"):
-        raise InputError(f"no conversion for precision {precision!r}")
+        raise InputError(f"no conversion for precision {precision.name!r}")
     from fastelectra.calibration.feeds import calibration_encodings
 
     # Read and tokenized once: the smoothing, the ranking, the search's check texts and the
@@ -76,7 +76,7 @@ def convert_precision(
             source = Path(folder) / "smoothed.onnx"
             smoothed = smooth_with_text(fused, source, corpus, smoothing)
         meta = quantize_int8(
-            conversion,
+            precision,
             source,
             dst,
             reference=fused,
@@ -85,7 +85,6 @@ def convert_precision(
             calibration_texts=calibration_texts,
             calibration_method=calibration_method,
             int8_search=int8_search,
-            precision=precision,
             progress=progress,
         )
     return meta | {"smoothing": smoothed}
@@ -103,7 +102,7 @@ def smooth_with_text(
 
 
 def quantize_int8(
-    conversion: str,
+    precision: Precision,
     src: Path,
     dst: Path,
     *,
@@ -113,12 +112,11 @@ def quantize_int8(
     calibration_texts: str | Path | None,
     calibration_method: str,
     int8_search: bool,
-    precision: str,
     progress: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     """`src` quantised to `dst`; the search checks candidates against `reference` (FP32)."""
     quantizer: Int8Quantizer
-    if conversion == "quantize-dynamic":
+    if precision.conversion == "quantize-dynamic":
         quantizer = DynamicInt8(src, dst)
     else:
         from fastelectra.convert.static_int8 import StaticInt8
@@ -150,7 +148,7 @@ def tune_int8(
     reference: Path,
     *,
     corpus: Sequence[Encoding],
-    precision: str,
+    precision: Precision,
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Rank `src`'s nodes on calibration text, then search how many must stay FP32
@@ -164,13 +162,7 @@ def tune_int8(
         spread_sample,
         tightened,
     )
-    from fastelectra.convert.verify import (
-        THRESHOLDS,
-        onnx_runner,
-        record_outputs,
-        recorded_runner,
-        verify,
-    )
+    from fastelectra.convert.verify import onnx_runner, record_outputs, recorded_runner, verify
 
     ranked = node_sensitivity(
         src,
@@ -190,7 +182,7 @@ def tune_int8(
             )
 
         return search_fp32_nodes(
-            ranked, quantizer.quantize, evaluate, tightened(THRESHOLDS[precision]), progress
+            ranked, quantizer.quantize, evaluate, tightened(precision.gate), progress
         )
 
 

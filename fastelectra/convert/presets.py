@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -27,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastelectra.convert.cache import cache_dir
+from fastelectra.convert.cache import MODULE, cache_dir
 from fastelectra.convert.generations import GENERATIONS, build_generation_module
 from fastelectra.errors import DependencyMissing
+from fastelectra.workdirs import staged_directory
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,14 @@ def write_tar_gz(module_dir: Path, archive: Path) -> None:
     """Compress a module as TF Hub serves it: the SavedModel files at the archive's root."""
     fd, tmp = tempfile.mkstemp(dir=archive.parent, suffix=".tmp")
     os.close(fd)
-    with tarfile.open(tmp, "w:gz") as tar:
-        for item in sorted(module_dir.iterdir()):
-            tar.add(item, arcname=item.name)
-    os.replace(tmp, archive)
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for item in sorted(module_dir.iterdir()):
+                tar.add(item, arcname=item.name)
+        os.replace(tmp, archive)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def build_module(preset: Preset, out: Path, seed: int = 0) -> Path:
@@ -175,20 +179,11 @@ def build_module(preset: Preset, out: Path, seed: int = 0) -> Path:
         inputs=[word_ids, mask, segments], outputs=[pooled_output, sequence_output]
     )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        vocab_copy = staging / "vocab.txt"
-        shutil.copyfile(vocab_path(preset), vocab_copy)
-        model.vocab_file = tf.saved_model.Asset(str(vocab_copy))
-        model.do_lower_case = tf.Variable(preset.do_lower_case, trainable=False)
-        module_dir = staging / "module"
-        tf.saved_model.save(model, str(module_dir))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(module_dir, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Saving copies the vocabulary into the module's assets/, under its own name (vocab.txt).
+    model.vocab_file = tf.saved_model.Asset(str(vocab_path(preset)))
+    model.do_lower_case = tf.Variable(preset.do_lower_case, trainable=False)
+    with staged_directory(out, MODULE) as staging:
+        tf.saved_model.save(model, str(staging))
     return out
 
 

@@ -85,6 +85,14 @@ class Rewrite:
         if layer is not None:
             self.layers.add(layer)
 
+    def run(self, report: dict[str, dict[str, int]], *, check: bool = True) -> Rewrite:
+        """Apply, check (unless `check=False`: a partial fusion on purpose) and record the
+        figures in `report` as `{name: {"count": n, "required": r}}`: the one runner."""
+        self.apply()
+        count = self.check() if check else self.count
+        report[self.name] = {"count": count, "required": self.required}
+        return self
+
     def check(self) -> int:
         """`count` if it reached `required`, else a RewriteError naming what is missing."""
         if self.count == self.required:
@@ -661,19 +669,14 @@ def rewrite_for_fusion(model: onnx.ModelProto, dims: Dimensions) -> dict[str, di
     """
     onnx_model = OnnxModel(model)
     report: dict[str, dict[str, int]] = {}
-
-    def run(rewrite: Rewrite) -> Rewrite:
-        rewrite.apply()
-        report[rewrite.name] = {"count": rewrite.check(), "required": rewrite.required}
-        return rewrite
-
-    run(AttentionMask(onnx_model, dims))
-    run(AttentionEinsumLetters(onnx_model, dims))
-    run(AttentionScaleOnQuery(onnx_model, dims))
-    run(PositionEmbedding(onnx_model, dims))
-    embedding = run(EmbeddingOrder(onnx_model, dims))
-    run(ResidualOrder(onnx_model, dims))
-    run(FirstLayerReshape(onnx_model, dims, embedding.sum_output))
-    run(ErfcGelu(onnx_model, dims))
+    AttentionMask(onnx_model, dims).run(report)
+    AttentionEinsumLetters(onnx_model, dims).run(report)
+    AttentionScaleOnQuery(onnx_model, dims).run(report)
+    PositionEmbedding(onnx_model, dims).run(report)
+    embedding = EmbeddingOrder(onnx_model, dims)
+    embedding.run(report)
+    ResidualOrder(onnx_model, dims).run(report)
+    FirstLayerReshape(onnx_model, dims, embedding.sum_output).run(report)
+    ErfcGelu(onnx_model, dims).run(report)
     onnx_model.topological_sort()
     return report

@@ -17,12 +17,8 @@ from typing import Any
 import numpy as np
 
 from fastelectra.bundle import OUTPUT_NAMES
-from fastelectra.precisions import TABLE, UPPER_BOUND_METRICS, Gate, precision_named
+from fastelectra.precisions import UPPER_BOUND_METRICS, Gate, Precision
 from fastelectra.runtime.lines import Text, read_texts
-
-# Each precision's gate (`fastelectra.precisions`) in the form verification.json records it.
-# `verify` reads its gate here when it runs, so a test can swap one in.
-THRESHOLDS: dict[str, dict[str, Any]] = {p.name: p.gate.to_json() for p in TABLE}
 
 
 def default_texts() -> list[Text]:
@@ -181,7 +177,7 @@ def verify(
     expected: Runner,
     candidate: Runner,
     encodings: Sequence[Any],
-    precision: str,
+    precision: Precision,
     fp32: Runner | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
@@ -191,8 +187,8 @@ def verify(
     `expected` is TensorFlow (live or recorded) in a build and in `fastelectra verify`, whose
     reports say so (`"reference": "tensorflow"`); the INT8 search passes the FP32 model's
     recorded outputs instead, and reads only the figures and the gate of the report.
+    `precision.gate` judges it (the INT8 search passes a tightened one).
     """
-    precision_named(precision)  # an unknown name fails before any model runs
     vs_tf, vs_fp32 = _Comparison(), _Comparison()
     truncated = sum(bool(e.truncated) for e in encodings)
     for ids, mask, segments, lengths in batches(encodings, batch_size):
@@ -204,7 +200,7 @@ def verify(
             progress(len(ids))
     figures = vs_tf.summary()
     report: dict[str, Any] = {
-        "precision": precision,
+        "precision": precision.name,
         "reference": "tensorflow",
         "texts": len(encodings),
         "truncated_texts": truncated,
@@ -219,16 +215,14 @@ def verify(
             "mean_pooled_sequence": against["mean_pooled_sequence"],
             "spearman": against.get("spearman"),
         }
-    thresholds = THRESHOLDS[precision]
-    report["thresholds"] = thresholds
-    report["failures"] = gate_failures(report, thresholds)
+    report["thresholds"] = precision.gate.to_json()
+    report["failures"] = gate_failures(report, precision.gate)
     report["passed"] = not report["failures"]
     return report
 
 
-def gate_failures(report: dict[str, Any], thresholds: dict[str, Any]) -> list[str]:
-    """What in `report` misses the gate `thresholds` (as `THRESHOLDS` holds it); [] if none."""
-    gate = Gate.from_json(thresholds)
+def gate_failures(report: dict[str, Any], gate: Gate) -> list[str]:
+    """What in `report` misses `gate`; [] if none."""
     failures = []
     for section, bounds in gate.bounds.items():
         figures = report["outputs"].get(section) or report.get(section) or {}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastelectra.errors import FastElectraError
-from fastelectra.precisions import FP32, precision_named
+from fastelectra.precisions import Precision
 from fastelectra.runtime.lines import read_texts
 
 if TYPE_CHECKING:
@@ -104,11 +104,11 @@ def compare(got: np.ndarray, want: np.ndarray) -> dict[str, Any]:
     }
 
 
-def gate_of(precision: str) -> dict[str, float]:
-    """FP32: max |diff|; other precisions: the least of their gate's cosine bounds."""
-    if precision == FP32.name:
+def gate_of(precision: Precision) -> dict[str, float]:
+    """The fused FP32 graph: max |diff|; converted ones: the least of their gate's cosines."""
+    if not precision.converted:
         return {"max_abs_diff": FP32_MAX_ABS_DIFF}
-    bounds = precision_named(precision).gate.bounds.values()
+    bounds = precision.gate.bounds.values()
     gate = {}
     for metric in ("min_cosine", "mean_cosine"):
         found = [b[metric] for b in bounds if metric in b]
@@ -117,7 +117,7 @@ def gate_of(precision: str) -> dict[str, float]:
     return gate
 
 
-def gate_failures(figures: dict[str, Any], precision: str) -> list[str]:
+def gate_failures(figures: dict[str, Any], precision: Precision) -> list[str]:
     failures = []
     for metric, bound in gate_of(precision).items():
         value = figures[metric]

@@ -38,7 +38,7 @@ def exported_metadata(bundle: Bundle, options: ExportOptions, sha256: str) -> di
     return {
         EXPORT_FORMAT_KEY: EXPORT_FORMAT,
         "source": Path(meta.source).name if Path(meta.source).is_absolute() else meta.source,
-        "precision": meta.precision,
+        "precision": meta.precision.name,
         "pooling": options.pooling,
         "normalize": options.normalize,
         "input": "text" if options.text_input else "ids",

@@ -179,7 +179,7 @@ class Encoder:
 
     def __repr__(self) -> str:
         return (
-            f"Encoder({str(self.path)!r}, precision={self.meta.precision!r}, "
+            f"Encoder({str(self.path)!r}, precision={self.meta.precision.name!r}, "
             f"max_length={self.max_length}, providers={list(self.providers)!r})"
         )
 

@@ -34,7 +34,7 @@ import onnxruntime as ort
 
 from fastelectra.bundle import INPUT_NAMES
 from fastelectra.errors import InputError
-from fastelectra.precisions import FP32, precision_named
+from fastelectra.precisions import FP32, Precision
 
 if TYPE_CHECKING:
     from fastelectra.bundle import Bundle
@@ -58,6 +58,56 @@ DEFAULT_OPT_LENGTH = 128
 
 ProviderSpec = str | tuple[str, Mapping[str, Any]]
 Providers = str | Sequence[ProviderSpec] | None
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """What a TensorRT engine is built for: the model's precision and the shapes it serves.
+
+    The CPU and CUDA providers read only `max_batch` / `max_length` checks; TensorRT reads all.
+
+    Attributes:
+        precision: the model's (`fastelectra.precisions`): FP16 / INT8 kernels or not.
+        max_length, max_batch: the largest shape the profile admits; the encoder caps its
+            batches at `max_batch` because a batch outside an explicit profile is an error.
+        inputs: the model's input names, as the profile strings spell them.
+        calibration_table: ranges for implicit INT8 of a model without Q/DQ nodes.
+        qdq: the model carries Q/DQ nodes (then TensorRT reads their scales, never a table).
+        cache_key: a short id of the model's content (`bundle_cache_key`): one engine cache per
+            model; cache_root: where those caches live (None: `default_trt_cache_root()`).
+    """
+
+    precision: Precision = FP32
+    max_length: int = 512
+    max_batch: int = DEFAULT_MAX_BATCH
+    inputs: tuple[str, ...] = INPUT_NAMES
+    calibration_table: Path | None = None
+    qdq: bool = False
+    cache_key: str = "default"
+    cache_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_length < 1:
+            raise InputError(
+                f"max_batch and max_length must be >= 1, got {self.max_batch}, {self.max_length}"
+            )
+
+    @classmethod
+    def for_bundle(
+        cls, bundle: Bundle, *, max_length: int | None = None, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> EngineProfile:
+        """The profile of a bundle: its precision, IO names, calibration table and content id."""
+        meta = bundle.meta
+        table = bundle.calibration_table_path
+        return cls(
+            precision=meta.precision,
+            max_length=max_length or meta.max_sequence_length,
+            max_batch=max_batch,
+            inputs=tuple(meta.inputs),
+            calibration_table=Path(table) if table is not None else None,
+            qdq=(meta.quantization or {}).get("format") == "QDQ",
+            cache_key=bundle_cache_key(meta.files),
+        )
 
 
 @dataclass(frozen=True)
@@ -236,20 +286,12 @@ def plan_execution(
     providers: Providers = None,
     threads: int | None = None,
     *,
-    precision: str = FP32.name,
-    max_length: int = 512,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    calibration_table: str | os.PathLike[str] | None = None,
-    qdq: bool = False,
-    cache_key: str = "default",
-    cache_root: str | os.PathLike[str] | None = None,
-    inputs: Sequence[str] = INPUT_NAMES,
+    engine: EngineProfile | None = None,
     available: Sequence[str] | None = None,
 ) -> ExecutionPlan:
-    """Build the `ExecutionPlan` for a model of this precision and maximum shape."""
+    """Build the `ExecutionPlan` for a model; `engine` says what TensorRT builds for it."""
     intra = check_threads(threads)
-    if max_batch < 1 or max_length < 1:
-        raise InputError(f"max_batch and max_length must be >= 1, got {max_batch}, {max_length}")
+    engine = engine or EngineProfile()
     names: list[str] = []
     all_options: list[dict[str, str]] = []
     cache_dirs: list[str] = []
@@ -257,18 +299,7 @@ def plan_execution(
     for name, user_options, device_id in resolve_providers(providers, available):
         if name == TENSORRT:
             uses_trt = True
-            options = tensorrt_options(
-                device_id,
-                precision=precision,
-                max_length=max_length,
-                max_batch=max_batch,
-                calibration_table=calibration_table,
-                qdq=qdq,
-                cache_key=cache_key,
-                cache_root=cache_root,
-                inputs=inputs,
-            )
-            options.update(user_options)
+            options = {**tensorrt_options(device_id, engine), **user_options}
             cache_dirs += [options["trt_engine_cache_path"], options["trt_timing_cache_path"]]
         elif name == CUDA:
             options = {**cuda_options(device_id), **user_options}
@@ -280,7 +311,7 @@ def plan_execution(
         providers=tuple(names),
         provider_options=tuple(all_options),
         intra_op_num_threads=intra,
-        max_batch=max_batch if uses_trt else None,
+        max_batch=engine.max_batch if uses_trt else None,
         cache_dirs=tuple(dict.fromkeys(cache_dirs)),
     )
 
@@ -294,20 +325,9 @@ def plan_for_bundle(
     max_batch: int = DEFAULT_MAX_BATCH,
     available: Sequence[str] | None = None,
 ) -> ExecutionPlan:
-    """`plan_execution` with precision, IO names, calibration table and cache key from a bundle."""
-    meta = bundle.meta
-    return plan_execution(
-        providers,
-        threads,
-        precision=meta.precision,
-        max_length=max_length or meta.max_sequence_length,
-        max_batch=max_batch,
-        calibration_table=bundle.calibration_table_path,
-        qdq=(meta.quantization or {}).get("format") == "QDQ",
-        cache_key=bundle_cache_key(meta.files),
-        inputs=meta.inputs,
-        available=available,
-    )
+    """`plan_execution` with the bundle's `EngineProfile`."""
+    engine = EngineProfile.for_bundle(bundle, max_length=max_length, max_batch=max_batch)
+    return plan_execution(providers, threads, engine=engine, available=available)
 
 
 def cuda_options(device_id: int = 0) -> dict[str, str]:
@@ -322,20 +342,15 @@ def cuda_options(device_id: int = 0) -> dict[str, str]:
     }
 
 
-def tensorrt_options(
-    device_id: int = 0,
-    *,
-    precision: str = FP32.name,
-    max_length: int = 512,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    calibration_table: str | os.PathLike[str] | None = None,
-    qdq: bool = False,
-    cache_key: str = "default",
-    cache_root: str | os.PathLike[str] | None = None,
-    inputs: Sequence[str] = INPUT_NAMES,
-) -> dict[str, str]:
-    spec = precision_named(precision)
-    root = Path(cache_root) if cache_root is not None else default_trt_cache_root()
+def tensorrt_options(device_id: int = 0, engine: EngineProfile | None = None) -> dict[str, str]:
+    engine = engine or EngineProfile()
+    spec, inputs, max_batch, max_length = (
+        engine.precision,
+        engine.inputs,
+        engine.max_batch,
+        engine.max_length,
+    )
+    root = engine.cache_root if engine.cache_root is not None else default_trt_cache_root()
     opt_batch = min(DEFAULT_OPT_BATCH, max_batch)
     opt_length = min(DEFAULT_OPT_LENGTH, max_length)
     options = {
@@ -344,7 +359,7 @@ def tensorrt_options(
         # The profile is part of the directory name because an engine only serves the shapes
         # of the profile it was built with.
         "trt_engine_cache_enable": "1",
-        "trt_engine_cache_path": str(root / cache_key / f"b{max_batch}-s{max_length}"),
+        "trt_engine_cache_path": str(root / engine.cache_key / f"b{max_batch}-s{max_length}"),
         # Kernel timings depend on the GPU, not the model: share them across bundles.
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": str(root),
@@ -355,15 +370,15 @@ def tensorrt_options(
         "trt_profile_max_shapes": profile_shapes(max_batch, max_length, inputs),
         "trt_fp16_enable": "1" if spec.tensorrt_fp16 else "0",
     }
-    if spec.tensorrt_int8 and qdq:
+    if spec.tensorrt_int8 and engine.qdq:
         # Explicit quantisation: TensorRT reads the scales from the Q/DQ nodes, and refuses to
         # load a model with Q/DQ nodes *and* a calibration table (onnxruntime's TensorRT EP
         # documentation; onnxruntime issue #13071).
         options["trt_int8_enable"] = "1"
     elif spec.tensorrt_int8:
-        if calibration_table is None:
+        if engine.calibration_table is None:
             warnings.warn(
-                f"{precision} bundle has no calibration.flatbuffers; TensorRT runs it without "
+                f"{spec.name} bundle has no calibration.flatbuffers; TensorRT runs it without "
                 "int8 (rebuild the bundle with calibration to get int8 kernels)",
                 RuntimeWarning,
                 stacklevel=external_stacklevel(),
@@ -372,7 +387,7 @@ def tensorrt_options(
             # Implicit quantisation of a graph without Q/DQ nodes: ranges from the table.
             options["trt_int8_enable"] = "1"
             # The EP joins this name onto trt_engine_cache_path; an absolute path wins the join.
-            options["trt_int8_calibration_table_name"] = str(Path(calibration_table).absolute())
+            options["trt_int8_calibration_table_name"] = str(engine.calibration_table.absolute())
             options["trt_int8_use_native_calibration_table"] = "0"  # ORT's flatbuffers format
     return options
 

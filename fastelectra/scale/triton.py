@@ -40,12 +40,10 @@ from fastelectra.bundle import (
     TOKENIZER_FILE,
     Bundle,
     load_bundle,
-    staged_directory,
 )
 from fastelectra.destinations import DirectoryKind, check_directory
 from fastelectra.errors import DependencyMissing, InputError
-from fastelectra.precisions import precision_named
-from fastelectra.workdirs import remove_abandoned
+from fastelectra.workdirs import remove_abandoned, staged_directory
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -266,7 +264,7 @@ def tensorrt_parameters(
     inputs = bundle.meta.inputs
     batch = options.max_batch_size
     parameters = {
-        "precision_mode": precision_named(bundle.meta.precision).tensorrt_precision_mode,
+        "precision_mode": bundle.meta.precision.tensorrt_precision_mode,
         # One explicit profile over every shape Triton can send: without it TensorRT rebuilds
         # its engine each time a batch is longer or larger than all before it.
         "trt_profile_min_shapes": profile_shapes(1, 1, inputs),
@@ -288,7 +286,7 @@ def tensorrt_parameters(
 
 def calibration_table_for_tensorrt(bundle: Bundle) -> Path | None:
     """The bundle's TensorRT calibration table, if TensorRT should be given it (see above)."""
-    int8 = precision_named(bundle.meta.precision).tensorrt_int8
+    int8 = bundle.meta.precision.tensorrt_int8
     if not int8 or bundle.calibration_table_path is None:
         return None
     if bundle.meta.quantization.get("format") == "QDQ":
@@ -306,7 +304,7 @@ def config_header(bundle: Bundle) -> str:
     meta = bundle.meta
     return (
         f"# Written by `fastelectra export-triton` from {bundle.path.absolute()}\n"
-        f"# precision {meta.precision}, hidden {meta.dimensions.hidden}, max_sequence_length "
+        f"# precision {meta.precision.name}, hidden {meta.dimensions.hidden}, max_sequence_length "
         f"{meta.max_sequence_length}, {MODEL_FILE} sha256 {meta.files[MODEL_FILE]}\n"
         f"# Clients tokenize with {VERSION}/{TOKENIZER_FILE} and send ids, mask and segments.\n"
     )

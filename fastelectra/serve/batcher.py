@@ -131,6 +131,7 @@ class Batcher:
         max_wait_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or max_queue < 1 or max_wait_s < 0:
             raise InputError("batch limits and max_queue must be >= 1, max_wait_s >= 0")
@@ -140,6 +141,8 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._observer = observer
+        # Arrival times and the wait for company read this clock (tests pass a manual one).
+        self._clock = clock
         self._pending: list[_Request] = []  # in arrival order
         self._running_requests = 0
         self._arrived = asyncio.Event()
@@ -176,7 +179,7 @@ class Batcher:
         if self.waiting >= self.max_queue:
             raise QueueFull(self.max_queue, self.retry_after_s())
         loop = asyncio.get_running_loop()
-        request = _Request(list(encodings), loop.create_future(), time.perf_counter())
+        request = _Request(list(encodings), loop.create_future(), self._clock())
         self._note_arrival(request.queued_at)
         self._pending.append(request)
         self._report_queue()
@@ -252,7 +255,7 @@ class Batcher:
             return  # a request is part-way: its next rows are the company
         deadline = self._pending[0].queued_at + self.max_wait_s
         while not self._closing and self._batch_has_room():
-            remaining = deadline - time.perf_counter()
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 return
             self._arrived.clear()
@@ -297,7 +300,7 @@ class Batcher:
                 step.append((request, taken))
             if rows >= self.max_batch_size:
                 break
-        now = time.perf_counter()
+        now = self._clock()
         for request, taken in step:
             if self._observer and request.taken == len(taken):  # its first step
                 self._observer.observe_queue_wait(now - request.queued_at)
