@@ -34,7 +34,7 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-# The README's performance section: one CPU, one run (~30 minutes on 2 cores), after building
+# The README's performance section: one CPU, one run (about an hour on 2 cores), after building
 # the bundles it measures (`make bundles`). MiniLM's grid and peers (OpenVINO f32, default and
 # NNCF INT8 among them), ELECTRA-large against OpenVINO per cell with operator profiles, the
 # order check of the bench's timing, ELECTRA-large on realistic traffic.

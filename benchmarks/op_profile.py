@@ -13,7 +13,6 @@ Writes benchmarks/results/<date>-<cpu>/op-profile-s<seq>.json unless --out is gi
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import sys
@@ -26,6 +25,8 @@ import numpy as np
 def profile(model: Path, seq: int, threads: int, runs: int) -> dict[str, Any]:
     import onnxruntime as ort
 
+    from fastelectra.bench.op_times import onnxruntime_op_times
+
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.intra_op_num_threads = threads
@@ -35,28 +36,8 @@ def profile(model: Path, seq: int, threads: int, runs: int) -> dict[str, Any]:
     feed = {"input_word_ids": ids, "input_mask": np.ones_like(ids), "segment_ids": 0 * ids}
     for _ in range(runs):
         session.run(None, feed)
-    trace = Path(session.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
-    micros: collections.Counter[str] = collections.Counter()
-    nodes: collections.Counter[str] = collections.Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            micros[event["args"]["op_name"]] += event["dur"]
-            nodes[event["args"]["op_name"]] += 1
-    total = sum(micros.values()) / runs
-    return {
-        "kernel_ms_per_run": round(total / 1000, 3),
-        "ops": [
-            {
-                "op": op,
-                "ms_per_run": round(us / runs / 1000, 3),
-                "nodes": nodes[op] // runs,
-                "share": round(us / runs / total, 3),
-            }
-            for op, us in micros.most_common()
-        ],
-    }
+    times = onnxruntime_op_times(Path(session.end_profiling()), runs)
+    return times.to_json("kernel_ms_per_run", "ops", "op")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ benchmarks/results/<date>-<cpu>/openvino-cells-<prefix>.json unless --out is giv
 from __future__ import annotations
 
 import argparse
-import collections
 import gc
 import json
 import sys
@@ -43,6 +42,7 @@ def ort_profile(variant: Any, inputs: tuple[np.ndarray, ...], runs: int) -> dict
     (same plan, same CPU view, same disabled fusion), with onnxruntime's profiler on."""
     import onnxruntime as ort
 
+    from fastelectra.bench.op_times import onnxruntime_op_times
     from fastelectra.runtime.cpu_view import EXTERNAL_FOLDER_KEY, SKIP_LAYERNORM_FUSION, cpu_view
 
     plan = variant.session.plan
@@ -60,29 +60,10 @@ def ort_profile(variant: Any, inputs: tuple[np.ndarray, ...], runs: int) -> dict
     for _ in range(runs):
         session.run(None, feed)
     wall_ms = (time.perf_counter() - started) * 1000 / runs
-    trace = Path(session.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
-    micros: collections.Counter[str] = collections.Counter()
-    nodes: collections.Counter[str] = collections.Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            micros[event["args"]["op_name"]] += event["dur"]
-            nodes[event["args"]["op_name"]] += 1
-    calls = runs + 1
-    total = sum(micros.values()) / calls
+    times = onnxruntime_op_times(Path(session.end_profiling()), runs + 1)
     return {
         "wall_ms_per_run_profiled": round(wall_ms, 3),
-        "kernel_ms_per_run": round(total / 1000, 3),
-        "ops": [
-            {
-                "op": op,
-                "ms_per_run": round(us / calls / 1000, 3),
-                "nodes": nodes[op] // calls,
-                "share": round(us / calls / total, 3),
-            }
-            for op, us in micros.most_common()
-        ],
+        **times.to_json("kernel_ms_per_run", "ops", "op"),
     }
 
 
@@ -91,33 +72,17 @@ def openvino_profile(peer: Any, feeds: dict[str, np.ndarray], runs: int) -> dict
     once more with its settings and PERF_COUNT on."""
     import openvino as ov
 
+    from fastelectra.bench.op_times import openvino_layer_times
+
     compiled = ov.Core().compile_model(peer.model, "CPU", {**peer.config, "PERF_COUNT": True})
     request = compiled.create_infer_request()
     request.infer(feeds)
-    real: collections.Counter[str] = collections.Counter()
-    layers: collections.Counter[str] = collections.Counter()
     started = time.perf_counter()
-    for _ in range(runs):
-        request.infer(feeds)
-        for info in request.get_profiling_info():
-            if info.status == info.Status.EXECUTED:
-                key = f"{info.node_type} [{info.exec_type}]"
-                real[key] += info.real_time.total_seconds() * 1e6
-                layers[key] += 1
+    times = openvino_layer_times(request, feeds, runs)
     wall_ms = (time.perf_counter() - started) * 1000 / runs
-    total = sum(real.values()) / runs
     return {
         "wall_ms_per_run_profiled": round(wall_ms, 3),
-        "layer_ms_per_run": round(total / 1000, 3),
-        "layers": [
-            {
-                "layer": key,
-                "ms_per_run": round(us / runs / 1000, 3),
-                "nodes": layers[key] // runs,
-                "share": round(us / runs / total, 3),
-            }
-            for key, us in real.most_common()
-        ],
+        **times.to_json("layer_ms_per_run", "layers", "layer"),
     }
 
 

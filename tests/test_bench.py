@@ -386,3 +386,42 @@ def test_floor_is_the_larger_of_compute_and_weight_streaming():
     # Without a bandwidth figure the floor is the compute floor, as before.
     alone = cell_floor(small, FP32, rates, int(weights), None)
     assert alone.seconds == floor_seconds(small, FP32, rates)[0] and alone.bound == "compute"
+
+
+def test_op_times_sums_onnxruntime_kernels_per_op_type(tmp_path):
+    """The profiler's kernel events summed per op type, per run, with shares that add up."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastelectra.bench.op_times import OpTimes, onnxruntime_op_times
+
+    weight = numpy_helper.from_array(np.ones((8, 8), np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["Y"]), helper.make_node("Relu", ["Y"], ["Z"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("Z", TensorProto.FLOAT, [4, 8])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.profile_file_prefix = str(tmp_path / "trace")
+    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, {"X": np.ones((4, 8), np.float32)})
+    trace = Path(session.end_profiling())
+    summary = onnxruntime_op_times(trace, 3).to_json("kernel_ms_per_run", "ops", "op")
+    assert not trace.exists()  # read once, then removed
+    assert {op["op"]: op["nodes"] for op in summary["ops"]} == {"MatMul": 1, "Relu": 1}
+    assert sum(op["share"] for op in summary["ops"]) == pytest.approx(1.0, abs=0.002)
+
+    times = OpTimes(calls=2)
+    for key, us in (("a", 3000.0), ("b", 1000.0), ("a", 1000.0), ("b", 3000.0), ("a", 2000.0)):
+        times.add(key, us)
+    out = times.to_json("total", "items", "name")
+    assert out["total"] == 5.0 and [i["name"] for i in out["items"]] == ["a", "b"]
+    assert out["items"][0] == {"name": "a", "ms_per_run": 3.0, "nodes": 1, "share": 0.6}
