@@ -425,3 +425,31 @@ def test_op_times_sums_onnxruntime_kernels_per_op_type(tmp_path):
     out = times.to_json("total", "items", "name")
     assert out["total"] == 5.0 and [i["name"] for i in out["items"]] == ["a", "b"]
     assert out["items"][0] == {"name": "a", "ms_per_run": 3.0, "nodes": 1, "share": 0.6}
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["b1"],
+        ["b1", "b2", "--source", "tiny", "--batch", "2,4", "--seq", "8", "--threads", "3"],
+        ["b1", "--peers", "--traffic", "--traffic-limit", "9", "--no-grid", "--no-memory"],
+        ["b1", "--traffic", "t.txt", "--traffic-pad", "64", "--no-spinning", "--out", "o"],
+    ],
+)
+def test_bench_options_spell_every_setting_back(words):
+    """`BenchOptions.command()` is what results.json records as the run's command: parsed
+    again, it gives the same options (defaults included), so the record reproduces the run."""
+    import argparse
+    import shlex
+
+    from fastelectra.bench.cli import BenchOptions, add_bench_arguments
+
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    options = BenchOptions.from_args(parser.parse_args(words))
+    spelled = shlex.split(options.command())
+    assert spelled[:2] == ["fastelectra", "bench"]
+    assert BenchOptions.from_args(parser.parse_args(spelled[2:])) == options
+    assert options.spinning is ("--no-spinning" not in words)
+    with pytest.raises(ValueError, match="--warmup"):
+        BenchOptions(bundles=("b1",), warmup=-1)

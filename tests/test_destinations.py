@@ -314,3 +314,35 @@ def test_export_triton_interrupted_leaves_nothing(synthetic, tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == -signal.SIGTERM
     assert list(repo.iterdir()) == []
+
+
+def test_a_cache_directory_of_another_kind_is_refused_not_removed(tmp_path):
+    """The preset modules and TF Models releases in the cache are replaced only when they are
+    what the cache holds there (a SavedModel, an unpacked release), never removed blindly."""
+    from fastelectra.convert.cache import MODULE, RELEASE_CODE
+
+    module = tmp_path / "tiny-hub-v1"
+    module.mkdir()
+    (module / "notes.txt").write_text("mine")
+    with (
+        pytest.raises(DestinationError, match=r"saved_model\.pb"),
+        staged_directory(module, MODULE),
+    ):
+        pass
+    assert [p.name for p in module.iterdir()] == ["notes.txt"]
+
+    (module / "saved_model.pb").write_bytes(b"old")
+    with staged_directory(module, MODULE) as staging:
+        (staging / "saved_model.pb").write_bytes(b"new")
+    assert (module / "saved_model.pb").read_bytes() == b"new"
+    assert not (module / "notes.txt").exists()  # the whole old module was replaced
+
+    release = tmp_path / "2.3.0"
+    release.mkdir()
+    with staged_directory(release, RELEASE_CODE) as staging:  # empty: may be written
+        (staging / "official").mkdir()
+    assert [p.name for p in release.iterdir()] == ["official"]
+    (release / "official").rmdir()
+    (release / "x").write_text("")
+    with pytest.raises(DestinationError, match="official"), staged_directory(release, RELEASE_CODE):
+        pass
