@@ -19,6 +19,7 @@ benchmarks/results/<date>-<cpu>/openvino-cells-<prefix>.json unless --out is giv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import sys
@@ -29,38 +30,26 @@ from typing import Any
 import numpy as np
 
 
-def parse_cells(text: str) -> list[tuple[int, int]]:
-    cells = []
-    for item in text.split(","):
-        batch, _, seq = item.lower().partition("x")
-        cells.append((int(batch), int(seq)))
-    return cells
-
-
 def ort_profile(variant: Any, inputs: tuple[np.ndarray, ...], runs: int) -> dict[str, Any]:
-    """Kernel ms per run by op type, in a session built as `EncoderSession` builds the bundle's
-    (same plan, same CPU view, same disabled fusion), with onnxruntime's profiler on."""
-    import onnxruntime as ort
-
+    """Kernel ms per run by op type, from the bundle's `EncoderSession` built again as the
+    runtime builds it (same plan, CPU view and run options) with onnxruntime's profiler on."""
     from fastelectra.bench.op_times import onnxruntime_op_times
-    from fastelectra.runtime.cpu_view import EXTERNAL_FOLDER_KEY, SKIP_LAYERNORM_FUSION, cpu_view
+    from fastelectra.runtime.session import EncoderSession
 
-    plan = variant.session.plan
-    options = plan.session_options()
-    options.enable_profiling = True
-    view = cpu_view(variant.session.model_path, plan.split_skip_layernorm)
-    options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(view.folder))
-    disabled = [SKIP_LAYERNORM_FUSION] if plan.split_skip_layernorm else []
-    session = ort.InferenceSession(
-        view.model, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+    served = variant.session
+    session = EncoderSession(
+        served.model_path,
+        dataclasses.replace(served.plan, enable_profiling=True),
+        inputs=served.inputs,
+        outputs=served.outputs,
+        input_dtype=served.input_dtype.name,
     )
-    feed = dict(zip(("input_word_ids", "input_mask", "segment_ids"), inputs, strict=True))
-    session.run(None, feed)  # not profiled apart: the first run's pre-packing shows as its own
+    session.run(*inputs)  # profiled too: its pre-packing is its own op
     started = time.perf_counter()
     for _ in range(runs):
-        session.run(None, feed)
+        session.run(*inputs)
     wall_ms = (time.perf_counter() - started) * 1000 / runs
-    times = onnxruntime_op_times(Path(session.end_profiling()), runs + 1)
+    times = onnxruntime_op_times(session.end_profiling(), runs + 1)
     return {
         "wall_ms_per_run_profiled": round(wall_ms, 3),
         **times.to_json("kernel_ms_per_run", "ops", "op"),
@@ -87,7 +76,7 @@ def openvino_profile(peer: Any, feeds: dict[str, np.ndarray], runs: int) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastelectra.bench.cells import SERVED, Cell, synthetic_inputs, time_cell
+    from fastelectra.bench.cells import SERVED, parse_cells, synthetic_inputs, time_cell
     from fastelectra.bench.cli import default_out
     from fastelectra.bench.machine import library_versions, machine_info, results_dir
     from fastelectra.bench.openvino_peer import (
@@ -103,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE")
-    parser.add_argument("--cells", type=parse_cells, default=parse_cells("1x16,1x128,8x128"))
+    parser.add_argument("--cells", type=parse_cells, default="1x16,1x128,8x128")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--duration", type=float, default=10.0, help="timed s per variant")
     parser.add_argument("--warmup", type=int, default=2)
@@ -136,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     vocab = (fp32.dimensions.vocab_size, tokenizer.cls_id, tokenizer.sep_id)
     cells: list[dict[str, Any]] = []
     profiles: dict[str, Any] = {}
-    for batch, seq in args.cells:
-        ids = synthetic_inputs(Cell(batch, seq), *vocab)
+    for cell in args.cells:
+        batch, seq = cell.batch, cell.seq
+        ids = synthetic_inputs(cell, *vocab)
         say(f"timing {batch}x{seq}")
         samples = time_cell(variants, ids, args.duration, args.warmup, args.min_runs, SERVED)
         p50 = {name: float(np.percentile(s, 50)) * 1000 for name, s in samples.items()}

@@ -15,6 +15,7 @@ unless --out is given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -38,56 +39,40 @@ LEVERS: dict[str, tuple[dict[str, str], bool]] = {
 }
 
 
-class LeverSession:
-    """The bundle's session with one lever, as a variant `time_cell` can time."""
+def lever_variant(bundle: Path, name: str, threads: int) -> Any:
+    """The bundle's `EncoderSession` as the runtime plans it, with one lever, as a variant."""
+    from fastelectra.bench.variants import OnnxVariant
+    from fastelectra.bundle import load_bundle
+    from fastelectra.runtime.providers import plan_for_bundle
+    from fastelectra.runtime.session import EncoderSession
 
-    def __init__(self, bundle: Path, name: str, threads: int) -> None:
-        import onnxruntime as ort
-
-        from fastelectra.bundle import load_bundle
-        from fastelectra.runtime.cpu_view import (
-            EXTERNAL_FOLDER_KEY,
-            SKIP_LAYERNORM_FUSION,
-            cpu_view,
-        )
-        from fastelectra.runtime.providers import plan_for_bundle
-
-        entries, split = LEVERS[name]
-        loaded = load_bundle(bundle)
-        plan = plan_for_bundle(loaded, "cpu", threads)
-        options = plan.session_options()
-        for key, value in entries.items():
-            options.add_session_config_entry(key, value)
-        view = cpu_view(loaded.model_path, split)
-        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(view.folder))
-        self.session = ort.InferenceSession(
-            view.model,
-            options,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=[SKIP_LAYERNORM_FUSION] if split else [],
-        )
-        self.name = name
-        self.dimensions = loaded.meta.dimensions
-
-    def prepare(self, ids: np.ndarray, mask: np.ndarray, segments: np.ndarray) -> Any:
-        return {"input_word_ids": ids, "input_mask": mask, "segment_ids": segments}
-
-    def run(self, feeds: Any) -> None:
-        self.session.run(None, feeds)
-
-
-def parse_cells(text: str) -> list[tuple[int, int]]:
-    return [(int(b), int(s)) for b, _, s in (c.lower().partition("x") for c in text.split(","))]
+    entries, split = LEVERS[name]
+    loaded = load_bundle(bundle)
+    meta = loaded.meta
+    plan = dataclasses.replace(
+        plan_for_bundle(loaded, "cpu", threads),
+        split_skip_layernorm=split,
+        session_config=tuple(entries.items()),
+    )
+    session = EncoderSession(
+        loaded.model_path,
+        plan,
+        inputs=meta.inputs,
+        outputs=meta.outputs,
+        input_dtype=meta.input_dtype,
+    )
+    spec = {"kind": "lever", "lever": name, "path": str(bundle)}
+    return OnnxVariant(name, session, meta.precision, meta.dimensions, spec, loaded)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastelectra.bench.cells import SERVED, Cell, synthetic_inputs, time_cell
+    from fastelectra.bench.cells import SERVED, parse_cells, synthetic_inputs, time_cell
     from fastelectra.bench.machine import library_versions, machine_info, results_dir
     from fastelectra.runtime.tokenizer import WordPieceTokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--cells", type=parse_cells, default=parse_cells("1x16,1x128,8x128"))
+    parser.add_argument("--cells", type=parse_cells, default="1x16,1x128,8x128")
     parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated names")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--duration", type=float, default=8.0)
@@ -96,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     names = ["served", *(n for n in args.levers.split(",") if n != "served")]
-    variants = [LeverSession(args.bundle, name, args.threads) for name in names]
+    variants = [lever_variant(args.bundle, name, args.threads) for name in names]
     tokenizer = WordPieceTokenizer.from_file(args.bundle / "tokenizer.json")
     vocab = (variants[0].dimensions.vocab_size, tokenizer.cls_id, tokenizer.sep_id)
     cells = []
-    for batch, seq in args.cells:
-        ids = synthetic_inputs(Cell(batch, seq), *vocab)
+    for cell in args.cells:
+        batch, seq = cell.batch, cell.seq
+        ids = synthetic_inputs(cell, *vocab)
         samples = time_cell(variants, ids, args.duration, args.warmup, 5, SERVED)
         p50 = {n: float(np.percentile(s, 50)) * 1000 for n, s in samples.items()}
         row = {

@@ -231,3 +231,19 @@ def test_engine_profile_refuses_an_empty_shape():
 def make_bundle_for_shape() -> Bundle:
     meta = BundleMeta(source="test", dimensions=Dimensions(2, 32, 2, 64, 100, 64, 2))
     return Bundle(Path("."), meta, None)
+
+
+def test_plan_carries_extra_session_settings_and_profiling():
+    import dataclasses
+
+    profiled = dataclasses.replace(
+        plan("cpu", CPU_ONLY, threads=1),
+        session_config=(("session.dynamic_block_base", "4"),),
+        enable_profiling=True,
+    )
+    options = profiled.session_options()
+    assert options.get_session_config_entry("session.dynamic_block_base") == "4"
+    assert options.enable_profiling is True
+    assert (
+        P.plan_execution("cpu", 1, available=CPU_ONLY).session_options().enable_profiling is False
+    )

@@ -82,6 +82,13 @@ class Cell:
     seq: int
 
 
+def parse_cells(text: str) -> list[Cell]:
+    """`1x16,1x128`: cells spelt `BATCHxSEQ`, as `--precision auto --target-shape` reads them."""
+    from fastelectra.convert.auto import parse_shape
+
+    return [Cell(*parse_shape(item)) for item in text.split(",")]
+
+
 def synthetic_inputs(
     cell: Cell, vocab_size: int, cls_id: int, sep_id: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

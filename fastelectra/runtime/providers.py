@@ -126,9 +126,14 @@ class ExecutionPlan:
     # CPU only: run SkipLayerNormalization as Add + LayerNormalization (see `cpu_view`).
     split_skip_layernorm: bool = True
     # onnxruntime's default: worker threads spin for work after each run instead of sleeping.
-    # `fastelectra bench` turns it off so that one session's spinning cannot take the cores of
-    # the next variant it times (fastelectra/bench/cells.py); serving keeps the default.
+    # Serving keeps it, and `fastelectra bench` times it; `bench --no-spinning` turns it off
+    # (fastelectra/bench/cells.py).
     allow_spinning: bool = True
+    # More onnxruntime session config entries (key, value), e.g. a setting measured alone
+    # against the plan by benchmarks/ort_levers.py.
+    session_config: tuple[tuple[str, str], ...] = ()
+    # onnxruntime's profiler on: `EncoderSession.end_profiling()` gives the trace.
+    enable_profiling: bool = False
 
     @property
     def device(self) -> str:
@@ -151,6 +156,9 @@ class ExecutionPlan:
         if not self.allow_spinning:
             for pool in SPIN_POOLS:
                 options.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
+        for key, value in self.session_config:
+            options.add_session_config_entry(key, value)
+        options.enable_profiling = self.enable_profiling
         return options
 
 

@@ -150,6 +150,10 @@ class EncoderSession:
                 )
         return pooled, sequence
 
+    def end_profiling(self) -> Path:
+        """The trace of onnxruntime's profiler (a plan with `enable_profiling`); it stops."""
+        return Path(self._session.end_profiling())
+
     def _run_bound(self, arrays: list[np.ndarray], device: str) -> list[np.ndarray]:
         binding = self._session.io_binding()  # per call: bindings are not shareable across threads
         # Hold the device copies until the run is over.
