@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fastelectra.convert.cache import MODULE, RELEASE_CODE, cache_dir
 from fastelectra.convert.source import SourceError
-from fastelectra.workdirs import scratch_directory, staged_directory
+from fastelectra.workdirs import remove_abandoned, scratch_directory, staged_directory
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ def release_dir(release: str) -> Path:
                 f"could not fetch tf-models-official=={release} from PyPI: "
                 f"{done.stderr.strip()[-500:]}"
             )
+    remove_abandoned(target)  # what a killed unpack left beside it
     with staged_directory(target, RELEASE_CODE) as staging, zipfile.ZipFile(wheel) as z:
         z.extractall(staging)
     return target
@@ -126,6 +127,7 @@ def build_generation_module(
 ) -> Path:
     """Write the module of `release`'s `exporter` with `dims` (random weights) to `out`."""
     code = release_dir(release)
+    remove_abandoned(out)  # what a killed export left beside it
     with scratch_directory(out, "work") as work, staged_directory(out, MODULE) as staging:
         spec = dict(dims)
         spec.update(

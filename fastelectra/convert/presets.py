@@ -29,7 +29,7 @@ import numpy as np
 from fastelectra.convert.cache import MODULE, cache_dir
 from fastelectra.convert.generations import GENERATIONS, build_generation_module
 from fastelectra.errors import DependencyMissing
-from fastelectra.workdirs import staged_directory
+from fastelectra.workdirs import remove_abandoned, staged_directory
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,7 @@ def build_module(preset: Preset, out: Path, seed: int = 0) -> Path:
     # Saving copies the vocabulary into the module's assets/, under its own name (vocab.txt).
     model.vocab_file = tf.saved_model.Asset(str(vocab_path(preset)))
     model.do_lower_case = tf.Variable(preset.do_lower_case, trainable=False)
+    remove_abandoned(out)  # what a killed save left beside it
     with staged_directory(out, MODULE) as staging:
         tf.saved_model.save(model, str(staging))
     return out
