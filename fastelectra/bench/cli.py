@@ -24,12 +24,13 @@ DEFAULT_SEQS = "16,64,128,512"
 
 TIMING_METHOD = (
     "synthetic ids of exactly batch x seq tokens ([CLS] random-words [SEP], no padding) fed "
-    "straight to the session; per cell, `warmup` untimed runs per variant, then rounds of one "
-    "turn per variant in rotated order until the cell used `duration_s` per variant on average "
-    "and at least `min_runs` runs ran; a turn is `pacing.idle_before_turn_s` idle, 1 untimed "
-    "run, then timed runs (at least 3, for at least `pacing.timed_per_turn_s`); onnxruntime "
-    "sessions as served (threads spinning), or with spinning off where `spinning` is false; "
-    "each run returns both outputs to host memory"
+    "straight to the session; per cell, `warmup` untimed runs per variant (at least one: it "
+    "times the turn's block), then rounds of one turn per variant in rotated order until the "
+    "cell used `duration_s` per variant on average and at least `min_runs` runs ran; a turn is "
+    "`pacing.idle_before_turn_s` idle, 1 untimed run, then a block of timed runs, the same "
+    "count for every variant: 3, or as many as the fastest variant needs to run "
+    "`pacing.timed_per_turn_s`; onnxruntime sessions as served (threads spinning), or with "
+    "spinning off where `spinning` is false; each run returns both outputs to host memory"
 )
 MEMORY_METHOD = (
     "peak RSS of a fresh process per variant that imports the framework, loads the variant and "
@@ -75,8 +76,8 @@ class BenchOptions:
 
     bundles: tuple[str, ...]
     source: str | None = None
-    batches: tuple[int, ...] = (1, 8, 32)
-    seqs: tuple[int, ...] = (16, 64, 128, 512)
+    batches: tuple[int, ...] = tuple(_int_list(DEFAULT_BATCHES))
+    seqs: tuple[int, ...] = tuple(_int_list(DEFAULT_SEQS))
     threads: int | None = None
     providers: str | None = None
     duration: float = 5.0
@@ -164,17 +165,21 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--duration",
         type=_positive_float,
-        default=5.0,
-        help="timed seconds per variant per cell (on average; default 5)",
+        default=BenchOptions.duration,
+        help=f"timed seconds per variant per cell (on average; default {BenchOptions.duration:g})",
     )
     p.add_argument(
         "--warmup",
         type=int,
-        default=3,
-        help="untimed runs per variant per cell (default 3; peers/traffic: one pass if > 0)",
+        default=BenchOptions.warmup,
+        help=f"untimed runs per variant per cell (default {BenchOptions.warmup}, at least one "
+        "in the grid; peers/traffic: one pass if > 0)",
     )
     p.add_argument(
-        "--min-runs", type=int, default=5, help="fewest timed runs per variant per cell (default 5)"
+        "--min-runs",
+        type=int,
+        default=BenchOptions.min_runs,
+        help=f"fewest timed runs per variant per cell (default {BenchOptions.min_runs})",
     )
     p.add_argument(
         "--out", help="results folder (default benchmarks/results/<date>-<cpu>/bench-<name>)"
@@ -198,7 +203,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help="use N texts, evenly spaced over the file (traffic and peers)",
     )
     p.add_argument(
-        "--traffic-pad", type=int, default=128, help="fixed padding (and truncation) length"
+        "--traffic-pad",
+        type=int,
+        default=BenchOptions.traffic_pad,
+        help="fixed padding (and truncation) length",
     )
     p.add_argument("--no-grid", action="store_true", help="skip the batch x seq latency grid")
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory runs")

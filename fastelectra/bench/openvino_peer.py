@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -306,8 +306,8 @@ class OpenVinoPeer:
     compiled: ov.CompiledModel
     inputs: dict[str, str]  # bundle input name -> model input name
     hidden: int
-    model: ov.Model | None = None
-    config: dict[str, Any] = field(default_factory=dict)
+    model: ov.Model
+    config: dict[str, Any]
 
     def __post_init__(self) -> None:
         self.request = self.compiled.create_infer_request()

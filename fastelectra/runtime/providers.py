@@ -64,7 +64,7 @@ Providers = str | Sequence[ProviderSpec] | None
 class EngineProfile:
     """What a TensorRT engine is built for: the model's precision and the shapes it serves.
 
-    The CPU and CUDA providers read only `max_batch` / `max_length` checks; TensorRT reads all.
+    Only the TensorRT provider's options are built from it; every plan checks its shape.
 
     Attributes:
         precision: the model's (`fastelectra.precisions`): FP16 / INT8 kernels or not.
@@ -352,12 +352,7 @@ def cuda_options(device_id: int = 0) -> dict[str, str]:
 
 def tensorrt_options(device_id: int = 0, engine: EngineProfile | None = None) -> dict[str, str]:
     engine = engine or EngineProfile()
-    spec, inputs, max_batch, max_length = (
-        engine.precision,
-        engine.inputs,
-        engine.max_batch,
-        engine.max_length,
-    )
+    spec, max_batch, max_length = engine.precision, engine.max_batch, engine.max_length
     root = engine.cache_root if engine.cache_root is not None else default_trt_cache_root()
     opt_batch = min(DEFAULT_OPT_BATCH, max_batch)
     opt_length = min(DEFAULT_OPT_LENGTH, max_length)
@@ -373,9 +368,9 @@ def tensorrt_options(device_id: int = 0, engine: EngineProfile | None = None) ->
         "trt_timing_cache_path": str(root),
         # One explicit profile covering every batch shape the encoder produces, so TensorRT
         # never rebuilds the engine when a batch's shape changes.
-        "trt_profile_min_shapes": profile_shapes(1, 1, inputs),
-        "trt_profile_opt_shapes": profile_shapes(opt_batch, opt_length, inputs),
-        "trt_profile_max_shapes": profile_shapes(max_batch, max_length, inputs),
+        "trt_profile_min_shapes": profile_shapes(1, 1, engine.inputs),
+        "trt_profile_opt_shapes": profile_shapes(opt_batch, opt_length, engine.inputs),
+        "trt_profile_max_shapes": profile_shapes(max_batch, max_length, engine.inputs),
         "trt_fp16_enable": "1" if spec.tensorrt_fp16 else "0",
     }
     if spec.tensorrt_int8 and engine.qdq:
